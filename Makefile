@@ -26,13 +26,13 @@ demo: $(STAMP)  ## tokenize, render and grade a prompt with the shipped models
 
 test: $(STAMP)  ## unit tests, then every notebook under nbval
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
+	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 unit: $(STAMP)  ## unit tests only
 	$(PY) -m pytest tests
 
 nbval: $(STAMP)  ## notebooks only
-	$(PY) -m pytest --nbval notebooks --sanitize-with notebooks/nbval_sanitize.cfg
+	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 lab: $(STAMP)  ## JupyterLab on the course
 	$(VENV)/bin/jupyter lab notebooks

@@ -144,6 +144,84 @@ def run_grade(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# train-dvae, reconstruct: lesson 2
+# ---------------------------------------------------------------------------
+
+
+def add_train_dvae(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-dvae", help="train the discrete VAE (images <-> 8x8 codes) on Shapes images")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps; the schedules span them (default: 6000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=60_000, help="training images rendered once (default: 60000)")
+    p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.set_defaults(func=run_train_dvae)
+
+
+def run_train_dvae(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .dvae import DVAEConfig
+    from .train import TrainingDiverged, evaluate_reconstructions, format_report, train_dvae
+
+    try:
+        model = train_dvae(DVAEConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                           out_dir=args.out, resume=args.resume, n_images=args.images, precision=args.precision,
+                           threads=args.threads)
+    except (CheckpointError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
+    return 0
+
+
+def add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="round-trip images through the dVAE (encode to codes, decode)")
+    p.add_argument("image", nargs="+", type=Path, help="image files, any size (resized to 64x64)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the reconstructions (same file names, PNG)")
+    p.add_argument("--model", type=Path, default=None, help="a dVAE folder (default: the shipped data/dvae)")
+    p.set_defaults(func=run_reconstruct)
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .checkpoints import CheckpointError
+    from .train import load_dvae
+
+    missing = [str(p) for p in args.image if not p.is_file()]
+    if missing:
+        print(f"error: no image at {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        model = load_dvae(args.model, device="cpu")
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = model.config.image_size
+    for path in args.image:
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as err:
+            print(f"error: cannot read {path} as an image ({err})", file=sys.stderr)
+            return 2
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
+        y = model.reconstruct(x)[0].permute(1, 2, 0)  # (H, W, C)
+        out = args.out / f"{path.stem}.png"
+        _write_png((y * 255).round().to(torch.uint8).numpy(), out)
+        print(f"{path} -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # demo: what `make demo` runs
 # ---------------------------------------------------------------------------
 
@@ -188,7 +266,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade]
+COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,7 +126,12 @@ def draw_merge_step(tokenizer, text: str, k: int, recent: int = 6):
     draw_tokens(pieces, ids, title=f"after {k} of {n_merges} merges: {len(ids)} tokens "
                 f"(vocabulary {tokenizer.vocab_size - n_merges + k})", ax=ax_tokens)
 
-    lines = [f"{i + 1:>4}: {visible(a)} + {visible(b)}" for i, (a, b) in enumerate(tokenizer.merges[:k])][-recent:]
+    from .bpe import from_byte_chars
+
+    def readable(token: str) -> str:  # "Ġc" -> "·c"
+        return visible(from_byte_chars(token).decode("utf-8", errors="replace"))
+
+    lines = [f"{i + 1:>4}: {readable(a)} + {readable(b)}" for i, (a, b) in enumerate(tokenizer.merges[:k])][-recent:]
     ax_merges.text(0, 1, "newest merges\n" + ("\n".join(lines) if lines else "(none yet)"),
                    va="top", family="monospace", fontsize=8)
     ax_merges.axis("off")
