@@ -1,0 +1,84 @@
+"""The command line of lessons 0–1: tokenize, render, grade, train-tokenizer, demo."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dalle_mini_impl import cli, shapes
+from dalle_mini_impl.bpe import ByteLevelBPE
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "tokenize", "train-tokenizer", "render", "grade"):
+        assert name in out
+
+
+def test_tokenize_prints_pieces_and_ids(capsys):
+    assert cli.main(["tokenize", "a small red circle"]) == 0
+    out = capsys.readouterr().out
+    assert "4 tokens" in out and "·small" in out
+
+
+def test_render_then_grade_round_trip(tmp_path, capsys):
+    caption = "a large blue diamond to the left of a small red cross"
+    assert cli.main(["render", caption, "--out", str(tmp_path), "--seed", "3"]) == 0
+    (png,) = tmp_path.glob("*.png")
+    image = np.asarray(Image.open(png).convert("RGB"))
+    assert image.shape == (64, 64, 3) and shapes.grade(image, caption).match
+    capsys.readouterr()
+    assert cli.main(["grade", str(png), caption]) == 0
+    assert capsys.readouterr().out.startswith("match")
+    assert cli.main(["grade", str(png), "a large blue diamond to the right of a small red cross"]) == 1
+    assert "relation WRONG" in capsys.readouterr().out
+
+
+def test_render_rejects_text_outside_the_grammar(tmp_path, capsys):
+    assert cli.main(["render", "a cat on a mat", "--out", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_grade_says_when_a_caption_cannot_be_graded(tmp_path, capsys):
+    path = tmp_path / "white.png"
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(path)
+    assert cli.main(["grade", str(path), "a photo of a cat"]) == 1
+    assert "cannot grade" in capsys.readouterr().out
+
+
+def test_train_tokenizer_writes_both_formats(tmp_path):
+    assert cli.main(["train-tokenizer", "--captions", "300", "--out", str(tmp_path)]) == 0
+    ours = ByteLevelBPE.load(tmp_path / "bpe.json")
+    assert ours.special_tokens == cli.SPECIAL_TOKENS
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = "a small green square to the left of a large purple cross"
+    assert hf.encode(text).ids == ours.encode(text)
+
+
+def test_shipped_tokenizer_is_reproduced_by_its_command(tmp_path):
+    """data/tokenizer is exactly what `train-tokenizer --captions 50000 --seed 0` writes."""
+    from dalle_mini_impl import DATA_DIR
+
+    assert cli.main(["train-tokenizer", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "bpe.json").read_text()) == json.loads((DATA_DIR / "tokenizer" / "bpe.json").read_text())
+
+
+def test_demo_writes_an_image_and_results_json(tmp_path, capsys):
+    assert cli.main(["demo", "a small green square at the bottom", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["prompt"] for r in results] == ["a small green square at the bottom"]
+    image = np.asarray(Image.open(tmp_path / results[0]["images"][0]).convert("RGB"))
+    assert shapes.grade(image, results[0]["prompt"]).match
+    assert "match" in capsys.readouterr().out
+
+
+def test_demo_rejects_an_empty_prompt(tmp_path, capsys):
+    assert cli.main(["demo", "   ", "--out", str(tmp_path)]) == 2
+    assert "empty" in capsys.readouterr().err
