@@ -29,7 +29,7 @@ CACHE_DIR = Path(os.environ.get("DMI_CACHE_DIR", REPO_DIR / ".cache"))
 
 _SUBMODULES = {
     "shapes", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
-    "checkpoints", "train", "pipeline", "viz", "widgets", "exercises", "cli",
+    "checkpoints", "train", "train_transformer", "train_clip", "pipeline", "viz", "widgets", "exercises", "cli",
 }
 
 

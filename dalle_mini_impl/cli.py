@@ -152,7 +152,7 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-dvae", help="train the discrete VAE (images <-> 8x8 codes) on Shapes images")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps; the schedules span them (default: 6000)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=60_000, help="training images rendered once (default: 60000)")
     p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
@@ -160,7 +160,24 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                   help="override one DVAEConfig field of the preset, e.g. --set logit_init_scale=1.0 (repeatable)")
     p.set_defaults(func=run_train_dvae)
+
+
+def _config_overrides(pairs: list[str], config_cls) -> dict:
+    """``["lr=0.001", "hard=true"]`` -> ``{"lr": 0.001, "hard": True}``, typed like the config's defaults."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(defaults)}")
+        kind = type(defaults[key])
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
 
 
 def run_train_dvae(args: argparse.Namespace) -> int:
@@ -169,7 +186,12 @@ def run_train_dvae(args: argparse.Namespace) -> int:
     from .train import TrainingDiverged, evaluate_reconstructions, format_report, train_dvae
 
     try:
-        model = train_dvae(DVAEConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        config = DVAEConfig.preset(args.preset, **_config_overrides(args.set, DVAEConfig))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, n_images=args.images, precision=args.precision,
                            threads=args.threads)
     except (CheckpointError, TrainingDiverged) as err:
@@ -213,11 +235,202 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             return 2
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
         y = model.reconstruct(x)[0].permute(1, 2, 0)  # (H, W, C)
         out = args.out / f"{path.stem}.png"
         _write_png((y * 255).round().to(torch.uint8).numpy(), out)
         print(f"{path} -> {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# train-transformer, generate: lessons 3 and 5
+# ---------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def add_train_transformer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-transformer", help="train the transformer (captions -> dVAE codes) on Shapes")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
+    p.add_argument("--steps", type=_positive_int, default=4000,
+                   help="optimizer steps; the learning-rate schedule spans them (default: 4000)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dvae", type=Path, default=None, help="the dVAE whose codes it learns (default: data/dvae)")
+    p.add_argument("--out", type=Path, default=Path("runs/transformer"),
+                   help="run folder, a loadable model (default: runs/transformer)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--until", type=_positive_int, default=None,
+                   help="stop after this step (continue later with --resume)")
+    p.add_argument("--images", type=_positive_int, default=60_000,
+                   help="training scenes, encoded to codes once and cached in .cache/ (default: 60000)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--eval-prompts", type=int, default=200,
+                   help="test and compositional captions graded after training, each; up to 32 of them also at "
+                        "every sample PNG during training (default: 200; 0 skips)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on a GPU that has it, fp32 on a CPU")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.set_defaults(func=run_train_transformer)
+
+
+def run_train_transformer(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .train import TrainingDiverged
+    from .train_transformer import evaluate_samples, format_sample_report, load_tokenizer, train_transformer
+
+    try:
+        model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
+                                  seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
+                                  n_images=args.images, lr=args.lr, eval_prompts=max(0, min(32, args.eval_prompts)),
+                                  precision=args.precision, threads=args.threads)
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finished = args.until is None or args.until >= args.steps
+    if args.eval_prompts > 0 and finished:
+        from .train import load_dvae
+
+        model = model.float()
+        dvae, tokenizer = load_dvae(args.dvae, device=str(model.image_head.weight.device)), load_tokenizer()
+        for split in ("test", "compositional"):
+            print(format_sample_report(evaluate_samples(model, dvae, tokenizer, split, args.eval_prompts, seed=0,
+                                                        progress=True)))
+    return 0
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="draw images for prompts: sample N, rerank with CLIP, keep the best K")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (quote each), e.g. 'a blue diamond at the top'")
+    p.add_argument("--candidates", type=_positive_int, default=16, help="N images sampled per prompt (default: 16)")
+    p.add_argument("--keep", type=_positive_int, default=4, help="K best images kept per prompt, K <= N (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="a prompt and a seed always give the same images")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, contact sheets and results.json")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="< 1 sharper, > 1 more varied")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
+    p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
+    p.add_argument("--cond-scale", type=float, default=3.0,
+                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 3)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
+    p.add_argument("--no-clip", action="store_true", help="skip CLIP reranking even when a CLIP model exists")
+    p.set_defaults(func=run_generate, parser=p)
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why files cannot be written under ``out``, or None when they can (nothing is created to find out)."""
+    import os
+
+    if out.exists():
+        if not out.is_dir():
+            return f"{out} exists and is not a folder"
+        return None if os.access(out, os.W_OK | os.X_OK) else f"{out} is not writable"
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {out}: {parent} is a file"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {out}: {parent} is not writable"
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from . import shapes
+    from .checkpoints import CheckpointError
+    from .pipeline import contact_sheet, generate, load_models
+
+    if args.keep > args.candidates:
+        args.parser.error(f"--keep ({args.keep}) cannot exceed --candidates ({args.candidates})")
+    if any(not prompt.strip() for prompt in args.prompt):
+        args.parser.error("a prompt is empty: give a caption such as 'a blue diamond at the top'")
+    problem = _unwritable(args.out)
+    if problem:
+        args.parser.error(f"--out: {problem}")
+    try:
+        models = load_models(args.models, clip=not args.no_clip)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = generate(args.prompt, models.transformer, models.dvae, models.tokenizer, candidates=args.candidates,
+                       keep=args.keep, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, condition_scale=args.cond_scale, clip_model=models.clip)
+
+    # everything is drawn: only now write the files
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, result in enumerate(results):
+        stem = f"{i:02d}_{_slug(result.prompt)}"
+        names = [f"{stem}_{rank}.png" for rank in range(len(result.images))]
+        for name, image in zip(names, result.images):
+            _write_png(image, args.out / name)
+        _write_png(contact_sheet(result.images), args.out / f"{stem}_sheet.png")
+        entry = {"prompt": result.prompt, "images": names}
+        if result.scores is not None:
+            entry["clip_scores"] = [round(float(s), 6) for s in result.scores]
+        entries.append(entry)
+        grades = [shapes.grade(image, result.prompt) for image in result.images]
+        graded = (f"{sum(g.match for g in grades)}/{len(grades)} match the prompt" if grades[0].gradable
+                  else "not gradable (outside the Shapes grammar)")
+        scores = "" if result.scores is None else " | CLIP " + " ".join(f"{s:.3f}" for s in result.scores)
+        print(f"{result.prompt!r}: {args.out / stem}_*.png, {graded}{scores}")
+    (args.out / "results.json").write_text(json.dumps({"results": entries}, indent=2) + "\n")
+    print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# train-clip: lesson 4
+# ---------------------------------------------------------------------------
+
+
+def add_train_clip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-clip", help="train CLIP (captions <-> images in one space) on fresh Shapes pairs")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps; the schedule spans them (default: 1500)")
+    p.add_argument("--batch-size", type=int, default=128, help="pairs per step, the negatives of InfoNCE (default: 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/clip"), help="run folder, a loadable model (default: runs/clip)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on a GPU, fp32 on a CPU")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.set_defaults(func=run_train_clip)
+
+
+def run_train_clip(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .clip import CLIPConfig
+    from .train import TrainingDiverged
+    from .train_clip import evaluate_clip, format_clip_report, train_clip
+
+    try:
+        model = train_clip(CLIPConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                           out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
+    except (CheckpointError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_clip_report(evaluate_clip(model.cpu().float(), n=500, seed=0)))
     return 0
 
 
@@ -266,7 +479,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct]
+COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct,
+            add_train_transformer, add_generate, add_train_clip]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,3 +86,85 @@ def check_merges_until_single_token(answer: int | None, tokenizer, word: str = "
     assert answer == expected, f"{answer} merges is not it: after {answer} merges {word!r} is " \
         f"{tokenizer.tokens(word, max_merges=answer)}"
     return _report("merges for a single token", True, "")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 2: the dVAE
+# ---------------------------------------------------------------------------
+
+
+def check_gumbel_max(fn: Callable, n: int = 20_000) -> bool:
+    """``fn(logits, n) -> n`` category ids sampled from softmax(logits) (gumbel-max, or its exponential race).
+
+    ``logits`` is a float tensor (K,); the answer may be a tensor, an array or a
+    list of ints. The check is statistical: with 20,000 draws each frequency
+    must lie within 0.02 of its probability (about 6 standard errors).
+    """
+    import torch
+
+    cases = [torch.tensor([0.0, 0.0]), torch.tensor([2.0, 1.0, 0.0, -1.0]), torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0]),
+             torch.tensor([-1.0, 0.5, 0.5, 1.5, -2.0, 0.0])]
+    for logits in cases:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            got = _attempt(fn, logits.clone(), n)
+        if got is None:
+            return _report("gumbel_max", None, "E = -log(u) with u = torch.rand(n, K) is exponential; "
+                           "(E / logits.exp()).argmin(-1) equals (logits - log(E)).argmax(-1)")
+        got = torch.as_tensor(got).long().flatten()
+        assert len(got) == n, f"gumbel_max(logits, {n}) returned {len(got)} samples, expected {n}"
+        K = len(logits)
+        assert got.min() >= 0 and got.max() < K, f"gumbel_max({logits.tolist()}) returned ids outside 0..{K - 1}"
+        freq = torch.bincount(got, minlength=K).double() / n
+        p = logits.double().softmax(-1)
+        assert torch.allclose(freq, p, atol=0.02), (
+            f"gumbel_max({logits.tolist()}): frequencies {[round(v, 3) for v in freq.tolist()]} "
+            f"but softmax gives {[round(v, 3) for v in p.tolist()]}")
+    return _report("gumbel_max", True, "")
+
+
+def check_logit_laplace_log_prob(fn: Callable) -> bool:
+    """``fn(x, mu, log_b)``: the elementwise log density of the logit-Laplace, like ``dvae.logit_laplace_log_prob``."""
+    import torch
+
+    from .dvae import logit_laplace_log_prob, map_pixels
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(torch.tensor([0.5]), torch.tensor([0.0]), torch.tensor([0.0]))]  # the centre: -ln 2 - 0 - 2 ln 0.5
+    for shape in [(7,), (2, 3, 4, 4)]:
+        x = map_pixels(torch.rand(shape, generator=g))  # mapped pixels, in [0.1, 0.9]
+        cases.append((x, 3 * torch.randn(shape, generator=g), torch.randn(shape, generator=g) - 1))
+    for x, mu, log_b in cases:
+        got = _attempt(fn, x.clone(), mu.clone(), log_b.clone())
+        if got is None:
+            return _report("logit_laplace_log_prob", None,
+                           "-ln 2 - ln b - ln x - ln(1 - x) - |logit(x) - mu| / b, with logit(x) = ln x - ln(1 - x)")
+        expected = logit_laplace_log_prob(x, mu, log_b)
+        got = torch.as_tensor(got, dtype=expected.dtype)
+        assert got.shape == expected.shape, f"shape {tuple(got.shape)}, expected {tuple(expected.shape)} (elementwise)"
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (
+            f"at x={x.flatten()[:3].tolist()}, mu={mu.flatten()[:3].tolist()}, log_b={log_b.flatten()[:3].tolist()}: "
+            f"got {got.flatten()[:3].tolist()}, expected {expected.flatten()[:3].tolist()}")
+    return _report("logit_laplace_log_prob", True, "")
+
+
+def check_kl_to_uniform(fn: Callable) -> bool:
+    """``fn(logits)``, logits (B, K, h, w): KL(softmax ‖ uniform) summed over each image's cells, shape (B,)."""
+    import torch
+
+    from .dvae import kl_to_uniform
+
+    g = torch.Generator().manual_seed(1)
+    cases = [torch.zeros(2, 8, 3, 3), 5 * torch.randn(3, 16, 2, 2, generator=g), torch.randn(1, 512, 8, 8, generator=g)]
+    for logits in cases:
+        got = _attempt(fn, logits.clone())
+        if got is None:
+            return _report("kl_to_uniform", None, "log_q = log_softmax over dim 1; "
+                           "KL = (q * log_q).sum(1) + ln K per cell, then sum the cells")
+        expected = kl_to_uniform(logits)
+        got = torch.as_tensor(got, dtype=expected.dtype)
+        assert got.shape == expected.shape, (
+            f"logits {tuple(logits.shape)}: shape {tuple(got.shape)}, expected (B,) = {tuple(expected.shape)}")
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (
+            f"logits {tuple(logits.shape)}: got {got.tolist()}, expected {expected.tolist()}")
+    return _report("kl_to_uniform", True, "")

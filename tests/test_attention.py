@@ -21,15 +21,6 @@ from dalle_mini_impl.attention import (
 SIZES = [(6, 4, 3), (32, 8, 5), (32, 8, 3), (6, 4, 5)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight other jobs for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rule(kind: str, q: int, k: int, text_len: int, grid: int, kernel: int) -> bool:
     """May query position q attend key position k? Written from the module docstring's prose."""
     if k > q:  # nobody sees the future

@@ -15,15 +15,6 @@ from dalle_mini_impl.sampling import (
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig, empty_text
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight other jobs for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0, **overrides) -> DalleTransformer:
     """A small model whose logits are far from uniform, so that sampling choices mean something."""
     torch.manual_seed(seed)

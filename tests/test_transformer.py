@@ -17,15 +17,6 @@ from dalle_mini_impl.transformer import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight other jobs for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> TransformerConfig:
     """A model small enough to test in milliseconds, with the course's sequence layout."""
     values = dict(text_vocab_size=40, image_vocab_size=24, text_len=8, grid=4, d_model=32, n_heads=4, n_layers=4)

@@ -1,0 +1,295 @@
+"""Checkpoints on disk: a folder with ``config.json`` + ``model.safetensors``, and a resume file.
+
+Scope. Every model of the course (dVAE, transformer, CLIP) is a ``@dataclass``
+config plus an ``nn.Module`` built from it, and is shipped as::
+
+    some_model/
+        config.json         {"model_type": "dvae", <the dataclass fields>}
+        model.safetensors   the weights (safetensors: plain tensors, never pickle)
+
+A training run also keeps ``train_state.safetensors`` next to them: the model,
+the optimizer moments, the step, and the random number generators, so that a
+killed run resumes exactly where it stopped. Every file is written to a
+temporary name and then renamed (``os.replace`` is atomic), so a kill during a
+save leaves the previous checkpoint intact.
+
+Loading checks everything it can and raises ``CheckpointError`` naming the
+file, what was expected and what was found: a missing file, a truncated or
+corrupt file, a config for another model type or with unknown fields, a tensor
+missing, extra, or of the wrong shape (e.g. weights trained with another
+config).
+
+Does not handle: sharded checkpoints, pickled ``.pt``/``.bin`` files (refused
+on purpose), or optimizers whose state is not made of tensors and numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "train_state.safetensors"
+
+C = TypeVar("C")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+# ---------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file in the same folder, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ---------------------------------------------------------------------------
+# config.json
+# ---------------------------------------------------------------------------
+
+
+def save_config(config: Any, out_dir: str | Path, model_type: str) -> Path:
+    """Write ``out_dir/config.json``: ``{"model_type": ..., **dataclasses.asdict(config)}``."""
+    path = Path(out_dir) / CONFIG_NAME
+    _write_text(path, json.dumps({"model_type": model_type, **dataclasses.asdict(config)}, indent=2) + "\n")
+    return path
+
+
+def load_config(model_dir: str | Path, config_cls: type[C], model_type: str) -> C:
+    """Read ``model_dir/config.json`` into ``config_cls``, checking the model type and the field names."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: file not found; expected a {model_type} checkpoint folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is truncated or corrupt") from e
+    found = data.pop("model_type", None) if isinstance(data, dict) else None
+    if found != model_type:
+        raise CheckpointError(f"{path}: expected model_type {model_type!r}, found {found!r}")
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown {config_cls.__name__} fields {unknown}; expected only {sorted(known)}")
+    try:
+        return config_cls(**data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid {config_cls.__name__}: {e}") from e
+
+
+# ---------------------------------------------------------------------------
+# model.safetensors
+# ---------------------------------------------------------------------------
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found; expected a safetensors file written by this package")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it as safetensors ({e}); the file is truncated or corrupt") from e
+    return tensors, metadata
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path, hint: str = "") -> None:
+    """Raise ``CheckpointError`` unless ``found`` has exactly the names and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [(k, tuple(found[k].shape), tuple(v.shape)) for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        problems.append(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    for k, got, want in wrong[:5]:
+        problems.append(f"tensor {k!r} has shape {got}, expected {want}")
+    if problems:
+        raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(problems) + (f". {hint}" if hint else ""))
+
+
+def save_model(model: torch.nn.Module, config: Any, out_dir: str | Path, model_type: str) -> Path:
+    """Write ``out_dir/config.json`` and ``out_dir/model.safetensors``; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"model_type": model_type}))
+    save_config(config, out_dir, model_type)
+    return out_dir
+
+
+def load_model(
+    model_dir: str | Path,
+    build: Callable[[C], torch.nn.Module],
+    config_cls: type[C],
+    model_type: str,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Build ``build(config)`` from ``model_dir/config.json`` and load ``model.safetensors`` into it (eval mode)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(
+            f"{model_dir}: no such folder; expected a {model_type} checkpoint with {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    config = load_config(model_dir, config_cls, model_type)
+    model = build(config)
+    path = model_dir / WEIGHTS_NAME
+    tensors, _ = _read_safetensors(path)
+    check_state_dict(model.state_dict(), tensors, path, hint=f"Were these weights saved with this {CONFIG_NAME}?")
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------
+# the training state, for resuming
+# ---------------------------------------------------------------------------
+
+
+def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "rng/python": json.dumps(_to_json(random.getstate())),
+        "rng/numpy": json.dumps([np_state[0], np_state[1].tolist(), *np_state[2:]]),
+    }
+    return tensors, meta
+
+
+def _to_json(x: Any) -> Any:
+    return [_to_json(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def _set_rng_states(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(_to_tuple(json.loads(meta["rng/python"])))
+    name, keys, pos, has_gauss, cached = json.loads(meta["rng/numpy"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: Any,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write everything a resumed run needs, as one safetensors file.
+
+    Tensors: ``model/<name>``, ``optim/<param index>/<key>``, ``rng/torch`` (and
+    ``rng/cuda/<i>``). Metadata (strings): the step, the config, the optimizer's
+    hyper-parameters, Python's and NumPy's generator states, and ``extra``
+    (JSON-serialisable, e.g. the total number of steps).
+    """
+    path = Path(path)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim/{idx}/{key}"] = t.detach().cpu().contiguous()
+    rng_tensors, meta = _rng_states()
+    tensors.update(rng_tensors)
+    meta.update(
+        {
+            "step": str(step),
+            "config": json.dumps(dataclasses.asdict(config)),
+            "optim/param_groups": json.dumps(opt["param_groups"]),
+            "extra": json.dumps(extra or {}),
+        }
+    )
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def load_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: Any,
+    restore_rng: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """Restore what ``save_training_state`` wrote into ``model`` and ``optimizer``; returns ``(step, extra)``.
+
+    Refuses (``CheckpointError``) a state saved with another config: resuming
+    it would silently train a different model.
+    """
+    path = Path(path)
+    tensors, meta = _read_safetensors(path)
+    for key in ("step", "config", "optim/param_groups", "extra", "rng/python", "rng/numpy"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: metadata {key!r} missing; expected a training state written by save_training_state")
+    saved = json.loads(meta["config"])
+    wanted = dataclasses.asdict(config)
+    diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}
+    if diff:
+        shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"{path}: was saved with another config ({shown}); resume with the same config or start a new run in another folder"
+        )
+    model_tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    check_state_dict(model.state_dict(), model_tensors, path)
+    model.load_state_dict(model_tensors)
+
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, idx, key = k.split("/", 2)
+            state.setdefault(int(idx), {})[key] = v
+    param_groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}  # JSON made tuples lists
+        for group in json.loads(meta["optim/param_groups"])
+    ]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit this optimizer ({e})") from e
+    if restore_rng:
+        _set_rng_states(tensors, meta)
+    return int(meta["step"]), json.loads(meta["extra"])

@@ -1,0 +1,313 @@
+"""The discrete VAE: relaxation, schedules, likelihood, loss reduction, shapes, training, and the shipped model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dalle_mini_impl import DATA_DIR, checkpoints
+from dalle_mini_impl.dvae import (
+    DVAE,
+    DVAEConfig,
+    code_histogram,
+    codebook_perplexity,
+    cosine_schedule,
+    dead_codes,
+    gumbel_softmax,
+    kl_to_uniform,
+    kl_weight_at,
+    logit_laplace_log_prob,
+    lr_at,
+    map_pixels,
+    schedules,
+    tau_at,
+    unmap_pixels,
+    usage_kl_to_uniform,
+)
+from dalle_mini_impl.train import (
+    TrainingDiverged,
+    evaluate_reconstructions,
+    format_report,
+    load_dvae,
+    make_optimizer,
+    train_dvae,
+)
+
+OVERFIT_RATIO = 0.7
+TINY = dict(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)  # a model that runs in milliseconds
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)  # one thread: on a shared 2-core machine, 2 OpenMP threads can be 4× slower
+
+
+# --- the relaxation ---------------------------------------------------------------------------
+
+
+def test_gumbel_argmax_frequencies_match_softmax():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    n = 40_000
+    y = gumbel_softmax(logits.expand(n, -1), tau=1.0, dim=-1)  # (n, 5)
+    freq = torch.bincount(y.argmax(-1), minlength=5).float() / n
+    p = logits.softmax(-1)
+    # binomial standard error ≈ sqrt(p(1-p)/n) <= 0.0025; allow 4 sigma
+    assert torch.allclose(freq, p, atol=0.01), (freq, p)
+    assert torch.allclose(y.sum(-1), torch.ones(n), atol=1e-5)
+
+
+def test_low_temperature_is_nearly_one_hot():
+    torch.manual_seed(0)
+    y = gumbel_softmax(torch.randn(1000, 16), tau=1 / 16, dim=-1)
+    assert y.max(-1).values.mean() > 0.9  # most samples put almost all their mass on one code
+
+
+def test_hard_gives_one_hot_and_gradients_flow():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 8, 3, 3, requires_grad=True)  # (B, K, h, w)
+    y = gumbel_softmax(logits, tau=0.5, hard=True, dim=1)
+    assert set(y.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(y.detach().sum(1), torch.ones(4, 3, 3))
+    (y * torch.randn_like(y)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+def test_schedule_end_points():
+    cfg = DVAEConfig()
+    steps = 1000
+    assert tau_at(0, steps, cfg) == pytest.approx(1.0)
+    assert tau_at(round(cfg.tau_anneal_frac * steps), steps, cfg) == pytest.approx(1 / 16)
+    assert tau_at(steps, steps, cfg) == pytest.approx(1 / 16)
+    assert kl_weight_at(0, steps, cfg) == pytest.approx(0.0)
+    assert kl_weight_at(steps, steps, cfg) == pytest.approx(6.6)
+    assert lr_at(steps, steps, cfg) == pytest.approx(cfg.lr * cfg.lr_end_frac)
+    assert max(lr_at(s, steps, cfg) for s in range(steps)) == pytest.approx(cfg.lr)
+    assert cosine_schedule(5, 10, 1.0, 0.0) == pytest.approx(0.5)
+    curves = schedules(steps, cfg)
+    assert all(a >= b for a, b in zip(curves["tau"], curves["tau"][1:]))  # τ only goes down
+    assert all(a <= b for a, b in zip(curves["kl_weight"], curves["kl_weight"][1:]))  # β only goes up
+    assert len(curves["lr"]) == steps
+
+
+# --- likelihood -------------------------------------------------------------------------------
+
+
+def test_pixel_map_round_trip():
+    x = torch.rand(2, 3, 8, 8)
+    m = map_pixels(x, 0.1)
+    assert m.min() >= 0.1 and m.max() <= 0.9
+    assert torch.allclose(unmap_pixels(m, 0.1), x, atol=1e-6)
+    assert torch.allclose(map_pixels(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.1, 0.5, 0.9]))
+
+
+def test_logit_laplace_matches_its_formula():
+    torch.manual_seed(0)
+    x = map_pixels(torch.rand(200).double())
+    mu, log_b = torch.randn(200).double(), torch.randn(200).double() * 0.5
+    b = log_b.exp()
+    direct = [
+        math.log(1 / (2 * bi * xi * (1 - xi)) * math.exp(-abs(math.log(xi / (1 - xi)) - mi) / bi))
+        for xi, mi, bi in zip(x.tolist(), mu.tolist(), b.tolist())
+    ]
+    assert torch.allclose(logit_laplace_log_prob(x, mu, log_b), torch.tensor(direct, dtype=torch.float64), atol=1e-9)
+
+
+def test_logit_laplace_integrates_to_one():
+    x = torch.linspace(1e-6, 1 - 1e-6, 2_000_001, dtype=torch.float64)
+    p = logit_laplace_log_prob(x, torch.tensor(0.3, dtype=torch.float64), torch.tensor(-0.5, dtype=torch.float64)).exp()
+    assert torch.trapezoid(p, x).item() == pytest.approx(1.0, abs=2e-3)
+
+
+# --- the KL term and its reduction ------------------------------------------------------------
+
+
+def test_kl_to_uniform_values():
+    K = 16
+    assert torch.allclose(kl_to_uniform(torch.zeros(3, K, 2, 2)), torch.zeros(3), atol=1e-5)  # uniform: 0
+    one_hot = torch.full((1, K, 2, 2), -1e4)
+    one_hot[:, 5] = 0.0
+    assert kl_to_uniform(one_hot).item() == pytest.approx(4 * math.log(K), rel=1e-5)  # ln K per cell, 4 cells
+    logits = torch.randn(2, K, 3, 3)
+    q = logits.softmax(1)
+    ref = F.kl_div(torch.full_like(q, -math.log(K)), q, reduction="none").sum((1, 2, 3))  # (B,)
+    assert torch.allclose(kl_to_uniform(logits), ref, atol=1e-5)
+
+
+def test_usage_kl_rewards_many_codes_across_cells():
+    K = 16
+    one_code = torch.full((2, K, 2, 2), -1e4)
+    one_code[:, 3] = 0.0  # every cell confidently picks code 3
+    many_codes = torch.full((4, K, 2, 2), -1e4)
+    for i in range(16):  # 16 cells, each confidently picking a different code
+        many_codes[i // 4, i, (i % 4) // 2, i % 2] = 0.0
+    assert usage_kl_to_uniform(one_code).item() == pytest.approx(math.log(K), rel=1e-5)
+    assert usage_kl_to_uniform(many_codes).item() == pytest.approx(0.0, abs=1e-5)
+    assert kl_to_uniform(one_code).mean().item() == pytest.approx(kl_to_uniform(many_codes).mean().item(), rel=1e-5)
+
+
+def test_kl_reduction_is_per_pixel_like_the_reconstruction():
+    """The loss is (Σ_pixels NLL + β Σ_cells KL) / (H·W·C), averaged over the batch."""
+    torch.manual_seed(0)
+    cfg = DVAEConfig(**TINY)
+    model = DVAE(cfg)
+    x = torch.rand(4, 3, 64, 64)
+    out = model(x, tau=1.0, kl_weight=6.6)
+    per_image_kl = kl_to_uniform(out.logits)  # (B,)
+    assert out.kl.item() == pytest.approx(per_image_kl.mean().item() / (64 * 64 * 3), rel=1e-5)
+    assert out.loss.item() == pytest.approx(out.recon.item() + 6.6 * out.kl.item(), rel=1e-5)
+    # batch-size independent: the same images twice give the same KL term (a sum over the batch would double it)
+    out2 = model(torch.cat([x, x]), tau=1.0, kl_weight=6.6)
+    assert out2.kl.item() == pytest.approx(out.kl.item(), rel=1e-4)
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+def test_encode_decode_shapes_and_ranges():
+    torch.manual_seed(0)
+    model = DVAE(DVAEConfig(**TINY)).eval()
+    x = torch.rand(3, 3, 64, 64)
+    codes = model.encode(x)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < 32
+    y = model.decode(codes)
+    assert y.shape == (3, 3, 64, 64) and y.min() >= 0 and y.max() <= 1
+    out = model(x, tau=1.0)
+    assert out.logits.shape == (3, 32, 8, 8) and out.x_rec.shape == x.shape
+
+
+def test_decode_lookup_equals_one_hot_through_the_codebook_conv():
+    torch.manual_seed(0)
+    model = DVAE(DVAEConfig(**TINY)).eval()
+    codes = torch.randint(0, 32, (2, 8, 8))
+    one_hot = F.one_hot(codes, 32).permute(0, 3, 1, 2).float()  # (B, K, h, w)
+    mu = model.decoder(one_hot)[:, :3]
+    assert torch.allclose(model.decode(codes), unmap_pixels(torch.sigmoid(mu)), atol=1e-5)
+
+
+def test_grid_and_codebook_are_configurable():
+    model = DVAE(DVAEConfig(image_size=32, downsample=4, vocab_size=64, enc_width=8, dec_width=8, codebook_dim=16))
+    assert model.encode(torch.rand(1, 3, 32, 32)).shape == (1, 8, 8)
+    assert model.decode(torch.zeros(1, 8, 8, dtype=torch.long)).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="power of 2"):
+        DVAEConfig(downsample=6)
+    assert DVAEConfig.preset("gpu").enc_width > DVAEConfig.preset("cpu").enc_width
+
+
+def test_logits_start_small():
+    torch.manual_seed(0)
+    logits = DVAE(DVAEConfig()).encoder(map_pixels(torch.rand(2, 3, 64, 64)))
+    assert logits.abs().max() < 1.0  # a softmax that is not saturated at step 0
+
+
+def test_codebook_health_measures():
+    codes = torch.tensor([[0, 2, 2]])
+    assert code_histogram(codes, 4).tolist() == [1, 0, 2, 0]
+    assert dead_codes(codes, 4) == 2
+    assert codebook_perplexity(torch.arange(8), 8) == pytest.approx(8.0)
+    assert codebook_perplexity(torch.zeros(10, dtype=torch.long), 8) == pytest.approx(1.0)
+
+
+def test_mse_likelihood_option():
+    model = DVAE(DVAEConfig(likelihood="mse", **TINY))
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)
+    out = model(x, tau=1.0)
+    torch.manual_seed(1)  # the same gumbel noise again, to redo the computation by hand
+    z = gumbel_softmax(model.encoder(map_pixels(x)), tau=1.0, dim=1)
+    x_mean = (torch.sigmoid(model.decoder(z)[:, :3]) - 0.1) / 0.8  # φ⁻¹(sigmoid(μ)), unclamped
+    assert out.recon.item() == pytest.approx(F.mse_loss(x_mean, x).item(), rel=1e-5)
+    assert torch.equal(out.x_rec, x_mean.clamp(0, 1))
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_tiny_model_overfits_eight_images(tmp_path):
+    from dalle_mini_impl import shapes
+
+    images = shapes.ShapesDataset("train", size=8, seed=3).images  # (8, 64, 64, 3) uint8
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (8, C, H, W)
+    x = F.avg_pool2d(x, 2)  # (8, C, 32, 32): a 4× cheaper problem with the same 8×8 grid
+    cfg = DVAEConfig(image_size=32, downsample=4, vocab_size=64, enc_width=16, dec_width=16, codebook_dim=32,
+                     tau_anneal_frac=0.5)
+    model = train_dvae(cfg, steps=300, batch_size=8, seed=0, out_dir=tmp_path, images=x, precision="fp32",
+                       progress=False, checkpoint_every=1000, sample_every=1000, threads=1, log=lambda s: None)
+    err = (model.reconstruct(x) - x).abs().mean().item()
+    mean_image = (x - x.mean(0, keepdim=True)).abs().mean().item()  # the best input-independent guess
+    assert err < OVERFIT_RATIO * mean_image, (err, mean_image)
+
+
+def _tiny_run(out_dir, **kw):
+    images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)
+    cfg = DVAEConfig(**TINY)
+    return train_dvae(cfg, steps=6, batch_size=4, seed=1, out_dir=out_dir, images=images, precision="fp32",
+                      progress=False, checkpoint_every=2, sample_every=1000, threads=1, log=lambda s: None, **kw)
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    straight = _tiny_run(tmp_path / "a")
+    _tiny_run(tmp_path / "b", until=3)  # "killed" after step 3 (last checkpoint: step 3)
+    model = DVAE(DVAEConfig(**TINY))
+    step, extra = checkpoints.load_training_state(
+        tmp_path / "b" / checkpoints.STATE_NAME, model, make_optimizer(model), DVAEConfig(**TINY), restore_rng=False)
+    assert step == 3 and extra["steps"] == 6
+    resumed = _tiny_run(tmp_path / "b", resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(tmp_path):
+    _tiny_run(tmp_path, until=2)
+    with pytest.raises(checkpoints.CheckpointError, match="resume"):
+        _tiny_run(tmp_path)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    images = np.random.default_rng(0).random((16, 3, 64, 64)).astype(np.float32)
+    images[:, 0, 0, 0] = np.nan  # every batch contains a NaN pixel
+    _tiny_run(tmp_path, until=2)
+    before = (tmp_path / checkpoints.WEIGHTS_NAME).read_bytes()
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train_dvae(DVAEConfig(**TINY), steps=6, batch_size=4, seed=1, out_dir=tmp_path, images=torch.from_numpy(images),
+                   precision="fp32", progress=False, checkpoint_every=2, resume=True, threads=1, log=lambda s: None)
+    assert (tmp_path / checkpoints.WEIGHTS_NAME).read_bytes() == before
+    load_dvae(tmp_path, device="cpu")  # still loadable
+
+
+# --- the shipped model ------------------------------------------------------------------------
+
+
+def test_shipped_model_reconstructions_are_graded_correct():
+    model_dir = DATA_DIR / "dvae"
+    if not (model_dir / checkpoints.WEIGHTS_NAME).exists():
+        pytest.skip(f"no shipped dVAE in {model_dir} (train one with `dalle-mini-impl train-dvae`)")
+    model = load_dvae(model_dir, device="cpu")
+    report = evaluate_reconstructions(model, n_per_split=300, seed=0)  # 600 held-out images
+    print(format_report(report))
+    assert report["n"] == 600
+    assert report["match"] >= 0.95, format_report(report)
+
+
+def test_reconstruct_cli_writes_pngs_with_the_same_names(tmp_path):
+    from PIL import Image
+
+    from dalle_mini_impl.cli import main
+
+    torch.manual_seed(0)
+    checkpoints.save_model(DVAE(DVAEConfig(**TINY)), DVAEConfig(**TINY), tmp_path / "model", "dvae")
+    Image.new("RGB", (100, 80), (255, 255, 255)).save(tmp_path / "wide.png")  # any size: resized to 64×64
+    Image.new("RGB", (64, 64), (220, 38, 38)).save(tmp_path / "red.jpg")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(tmp_path / "wide.png"), str(tmp_path / "red.jpg"), "--out", str(out),
+                 "--model", str(tmp_path / "model")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["red.png", "wide.png"]
+    assert Image.open(out / "wide.png").size == (64, 64)
+    assert main(["reconstruct", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+    assert main(["reconstruct", str(tmp_path / "red.jpg"), "--out", str(out), "--model", str(tmp_path / "nope")]) == 2
