@@ -47,7 +47,9 @@ paper's choice is one setting away):
     component (positive ReLU features, mostly-white images) that Adam at a
     high learning rate grows until all cells pick the same few codes;
   * a 10× larger learning rate, warm-up + cosine decay (the paper: 1e-4);
-  * the logits head and the output head run in fp32 under bf16 autocast.
+  * the logits head and the output head run in fp32 under bf16 autocast;
+  * an optional "diversity" term on the batch-average code usage
+    (``diversity_weight``, off by default; see ``usage_kl_to_uniform``).
 
 Does not handle: images of another size than ``config.image_size`` (resize
 first), the paper's mixed-precision gradient scaling per resblock, the
@@ -60,8 +62,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 # ---------------------------------------------------------------------------
 # configuration
@@ -129,11 +131,11 @@ class DVAEConfig:
             raise ValueError(f"likelihood must be 'logit_laplace' or 'mse', got {self.likelihood!r}")
 
     @classmethod
-    def preset(cls, name: str = "cpu", **overrides) -> "DVAEConfig":
-        """``cpu``: trains in about an hour on 2 cores. ``gpu``: wider, deeper, for a GPU."""
+    def preset(cls, name: str = "cpu", **overrides) -> DVAEConfig:
+        """``cpu``: 6000 steps train in ~45 min on one CPU core. ``gpu``: wider, deeper, for a GPU."""
         presets = {
-            "cpu": dict(),
-            "gpu": dict(enc_width=64, dec_width=64, codebook_dim=256, blocks_per_group=2, lr=5e-4),
+            "cpu": {},
+            "gpu": {"enc_width": 64, "dec_width": 64, "codebook_dim": 256, "blocks_per_group": 2, "lr": 5e-4},
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")

@@ -14,9 +14,9 @@ backward, step — plus what a long run on a laptop needs:
 * progress with tqdm, and a PNG of originals above their argmax
   reconstructions every ``sample_every`` steps;
 * on a GPU, bf16 autocast and ``torch.compile``; on a CPU, plain PyTorch
-  (bf16 autocast only when the CPU has native bf16 instructions, where it was
-  measured 2.6× faster with channels-last tensors; ``precision="fp32"``
-  forces the plain path).
+  (bf16 autocast only when the CPU has native bf16 instructions, where a
+  training step measured 1.9× faster than fp32 in ``bench/bench_dvae.py``;
+  ``precision="fp32"`` forces the plain path).
 
 ``evaluate_reconstructions`` measures a dVAE the way the rest of the course
 needs it: does the grader still read the caption off the argmax round trip?
@@ -28,8 +28,8 @@ worker processes (the Shapes images are rendered once into memory).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,11 @@ class TrainingDiverged(RuntimeError):
 
 
 def setup_cpu(threads: int | None = 2) -> None:
-    """CPU speed settings: flush denormal floats to zero (measured 2.5× faster steps), and the thread count."""
+    """CPU speed settings: flush denormal floats to zero (they make CPU arithmetic crawl), and the thread count.
+
+    On a 2-core machine shared with other jobs, 1 thread can be several times
+    faster than 2 (OpenMP threads wait for each other); on an idle machine, 2.
+    """
     torch.set_flush_denormal(True)
     if threads:
         torch.set_num_threads(threads)
