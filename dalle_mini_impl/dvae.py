@@ -511,7 +511,8 @@ def dead_codes(codes: torch.Tensor, vocab_size: int) -> int:
 @torch.no_grad()
 def codebook_stats(model: DVAE, images: torch.Tensor, batch_size: int = 256) -> dict:
     """Perplexity, dead codes and histogram of the argmax codes of ``images`` (B, C, H, W)."""
-    codes = torch.cat([model.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    device = next(model.parameters()).device
+    codes = torch.cat([model.encode(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
     K = model.config.vocab_size
     return {
         "perplexity": codebook_perplexity(codes, K),
