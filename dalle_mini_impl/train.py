@@ -245,6 +245,7 @@ def train_dvae(
 
 
 def _saved_step(state_path: Path) -> str:
+    """The step recorded in a training-state file, for error messages."""
     if not state_path.exists():
         return "none yet"
     from safetensors import safe_open
@@ -253,12 +254,13 @@ def _saved_step(state_path: Path) -> str:
         return (f.metadata() or {}).get("step", "?")
 
 
-def _progress(iterable, initial: int, total: int, enabled: bool):
+def _progress(iterable, initial: int, total: int, enabled: bool, desc: str = "dVAE"):
+    """A tqdm bar over ``iterable`` (resuming at ``initial``), or a silent stand-in with the same methods."""
     if not enabled:
         return _Quiet(iterable)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, initial=initial, total=total, desc="dVAE", mininterval=5.0)
+    return tqdm(iterable, initial=initial, total=total, desc=desc, mininterval=5.0)
 
 
 class _Quiet:

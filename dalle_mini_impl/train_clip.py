@@ -45,7 +45,7 @@ from . import DATA_DIR, checkpoints, get_device, seed_everything, shapes
 from .bpe import ByteLevelBPE
 from .clip import (ATTRIBUTES, CLIP, CLIPConfig, attribute_values, retrieval_at_1, same_caption, scene_attributes,
                    zero_shot_probs)
-from .train import TrainingDiverged, resolve_precision, setup_cpu
+from .train import TrainingDiverged, _progress, _saved_step, resolve_precision, setup_cpu
 from .transformer import encode_captions
 
 MODEL_TYPE = "clip"
@@ -185,7 +185,7 @@ def train_clip(
             + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
 
     last = min(until, steps) if until is not None else steps
-    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress)
+    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress, desc="CLIP")
     t0, losses = time.time(), []
     model.train()
     for step in bar:
@@ -245,34 +245,6 @@ def _trim_metrics(path: Path, step: int) -> None:
         return
     rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(r + "\n" for r in rows))
-
-
-def _saved_step(state_path: Path) -> str:
-    if not state_path.exists():
-        return "none yet"
-    from safetensors import safe_open
-
-    with safe_open(str(state_path), framework="pt") as f:
-        return (f.metadata() or {}).get("step", "?")
-
-
-def _progress(iterable, initial: int, total: int, enabled: bool):
-    if not enabled:
-        return _Quiet(iterable)
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, initial=initial, total=total, desc="CLIP", mininterval=5.0)
-
-
-class _Quiet:
-    def __init__(self, iterable):
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def set_postfix(self, **_):
-        pass
 
 
 # ---------------------------------------------------------------------------
