@@ -294,3 +294,30 @@ def load_training_state(
     if restore_rng:
         _set_rng_states(tensors, meta)
     return int(meta["step"]), json.loads(meta["extra"])
+
+
+def start_or_resume(state_path: Path, model: torch.nn.Module, optimizer, config: Any, run_info: dict,
+                    resume: bool, log: Callable[[str], None] = print) -> int:
+    """The step a training loop starts from: 0 for a new run, the saved step when resuming.
+
+    ``run_info`` holds the settings a resumed run must share with the saved one
+    (steps, batch size, seed, ...); a difference is an error that names each
+    setting. Without ``resume``, an existing run in the folder is an error too,
+    so a finished model is never overwritten by accident.
+    """
+    state_path = Path(state_path)
+    if resume and state_path.exists():
+        step, extra = load_training_state(state_path, model, optimizer, config)
+        changed = {k: (extra.get(k), v) for k, v in run_info.items() if extra.get(k) != v}
+        if changed:
+            shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in changed.items())
+            raise CheckpointError(f"{state_path}: saved by a run with other settings ({shown}). "
+                                  "Resume with the same settings, or use another --out folder.")
+        log(f"resumed from {state_path} at step {step}/{run_info.get('steps', '?')}")
+        return step
+    if resume:
+        log(f"no checkpoint in {state_path.parent}: starting from step 0")
+    elif state_path.exists():
+        raise CheckpointError(f"{state_path}: a run already exists here; pass resume=True (--resume) "
+                              "to continue it or choose another folder")
+    return 0

@@ -174,23 +174,9 @@ def train_dvae(
     memory_format = torch.channels_last  # NHWC: the layout oneDNN / cuDNN convolutions prefer
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model)
-    step = 0
-    if resume and state_path.exists():
-        step, extra = checkpoints.load_training_state(state_path, model, optimizer, config)
-        if extra.get("steps") != steps or extra.get("batch_size") != batch_size or extra.get("seed") != seed:
-            raise checkpoints.CheckpointError(
-                f"{state_path}: saved by a run with steps={extra.get('steps')}, batch_size={extra.get('batch_size')}, "
-                f"seed={extra.get('seed')}; now steps={steps}, batch_size={batch_size}, seed={seed}. "
-                "Resume with the same settings or use another --out folder."
-            )
-        log(f"resumed from {state_path} at step {step}/{steps}")
-    elif resume:
-        log(f"no checkpoint in {out_dir}: starting from step 0")
-    elif state_path.exists():
-        raise checkpoints.CheckpointError(
-            f"{state_path}: a run already exists here; pass resume=True (--resume) to continue it or choose another folder"
-        )
-    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "precision": precision}
+    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed}
+    step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
+    run_info["precision"] = precision
 
     forward = torch.compile(model) if device.startswith("cuda") else model
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -144,23 +144,9 @@ def train_clip(
 
     model = CLIP(config).to(device)
     optimizer = make_optimizer(model, config)
-    step = 0
-    if resume and state_path.exists():
-        step, extra = checkpoints.load_training_state(state_path, model, optimizer, config)
-        if extra.get("steps") != steps or extra.get("batch_size") != batch_size or extra.get("seed") != seed:
-            raise checkpoints.CheckpointError(
-                f"{state_path}: saved by a run with steps={extra.get('steps')}, batch_size={extra.get('batch_size')}, "
-                f"seed={extra.get('seed')}; now steps={steps}, batch_size={batch_size}, seed={seed}. "
-                "Resume with the same settings or use another --out folder."
-            )
-        log(f"resumed from {state_path} at step {step}/{steps}")
-    elif resume:
-        log(f"no checkpoint in {out_dir}: starting from step 0")
-    elif state_path.exists():
-        raise checkpoints.CheckpointError(
-            f"{state_path}: a run already exists here; pass resume=True (--resume) to continue it or choose another folder"
-        )
-    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "precision": precision}
+    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed}
+    step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
+    run_info["precision"] = precision
     out_dir.mkdir(parents=True, exist_ok=True)
     _trim_metrics(out_dir / METRICS_NAME, step)
 

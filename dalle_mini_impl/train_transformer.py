@@ -388,24 +388,7 @@ def train_transformer(
     optimizer = make_optimizer(model, lr, weight_decay)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "n_images": n_images,
                 "dvae_sha256": weights_hash(dvae)}
-    step = 0
-    if resume and state_path.exists():
-        step, extra = checkpoints.load_training_state(state_path, model, optimizer, config)
-        changed = {k: (extra.get(k), v) for k, v in run_info.items() if extra.get(k) != v}
-        if changed:
-            shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in changed.items())
-            raise checkpoints.CheckpointError(
-                f"{state_path}: saved by a run with other settings ({shown}). "
-                "Resume with the same settings and dVAE, or use another --out folder."
-            )
-        log(f"resumed from {state_path} at step {step}/{steps}")
-    elif resume:
-        log(f"no checkpoint in {out_dir}: starting from step 0")
-    elif state_path.exists():
-        raise checkpoints.CheckpointError(
-            f"{state_path}: a run already exists here; pass resume=True (--resume) to continue it "
-            "or choose another folder"
-        )
+    step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
     run_info["precision"] = precision
     log(f"transformer: {model.num_params() / 1e6:.2f} M parameters, {len(codes)} training pairs, "
         f"device {device}, {precision}")
