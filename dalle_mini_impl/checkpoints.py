@@ -11,7 +11,8 @@ A training run also keeps ``train_state.safetensors`` next to them: the model,
 the optimizer moments, the step, and the random number generators, so that a
 killed run resumes exactly where it stopped. Every file is written to a
 temporary name and then renamed (``os.replace`` is atomic), so a kill during a
-save leaves the previous checkpoint intact.
+save leaves the previous checkpoint intact (and at most a stray ``.*.tmp``
+file, which the next ``start_or_resume`` in that folder removes).
 
 Loading checks everything it can and raises ``CheckpointError`` naming the
 file, what was expected and what was found: a missing file, a truncated or
@@ -73,6 +74,19 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed save left in ``folder``; returns what was removed.
+
+    A save killed by SIGKILL (or a power cut) cannot clean up after itself;
+    the file it was writing is incomplete and was never renamed into place.
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 # ---------------------------------------------------------------------------
@@ -296,6 +310,17 @@ def load_training_state(
     return int(meta["step"]), json.loads(meta["extra"])
 
 
+def saved_step(state_path: str | Path) -> int | None:
+    """The step recorded in a training-state file, or None when there is none (or it cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(state_path), framework="pt") as f:
+            return int((f.metadata() or {})["step"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def start_or_resume(state_path: Path, model: torch.nn.Module, optimizer, config: Any, run_info: dict,
                     resume: bool, log: Callable[[str], None] = print) -> int:
     """The step a training loop starts from: 0 for a new run, the saved step when resuming.
@@ -306,6 +331,10 @@ def start_or_resume(state_path: Path, model: torch.nn.Module, optimizer, config:
     so a finished model is never overwritten by accident.
     """
     state_path = Path(state_path)
+    from .distributed import is_main
+
+    if is_main():  # rank 0 alone writes in the folder, so it alone tidies it
+        remove_stale_temp_files(state_path.parent)
     if resume and state_path.exists():
         step, extra = load_training_state(state_path, model, optimizer, config)
         changed = {k: (extra.get(k), v) for k, v in run_info.items() if extra.get(k) != v}

@@ -151,18 +151,20 @@ def run_grade(args: argparse.Namespace) -> int:
 def add_train_dvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-dvae", help="train the discrete VAE (images <-> 8x8 codes) on Shapes images")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=int, default=6000, help="optimizer steps; the schedules span them (default: 6000)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=_positive_int, default=6000,
+                   help="optimizer steps; the schedules span them (default: 6000)")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images per step (under torchrun: in all, split over the processes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=60_000, help="training images rendered once (default: 60000)")
+    p.add_argument("--images", type=_positive_int, default=60_000, help="training images rendered once (default: 60000)")
     p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
     p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
                    help="override one DVAEConfig field of the preset, e.g. --set logit_init_scale=1.0 (repeatable)")
-    p.set_defaults(func=run_train_dvae)
+    p.set_defaults(func=run_train_dvae, parser=p)
 
 
 def _config_overrides(pairs: list[str], config_cls) -> dict:
@@ -182,9 +184,11 @@ def _config_overrides(pairs: list[str], config_cls) -> dict:
 
 def run_train_dvae(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
+    from .distributed import is_main
     from .dvae import DVAEConfig
     from .train import TrainingDiverged, evaluate_reconstructions, format_report, train_dvae
 
+    _check_out(args)
     try:
         config = DVAEConfig.preset(args.preset, **_config_overrides(args.set, DVAEConfig))
     except ValueError as err:
@@ -194,9 +198,11 @@ def run_train_dvae(args: argparse.Namespace) -> int:
         model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, n_images=args.images, precision=args.precision,
                            threads=args.threads)
-    except (CheckpointError, TrainingDiverged) as err:
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     print(format_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
     return 0
 
@@ -255,6 +261,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """A usage error (exit 2, nothing written) when ``args.out`` cannot be written or ``--seed`` is negative."""
+    problem = _unwritable(args.out)
+    if problem:
+        args.parser.error(f"--out: {problem}")
+    if getattr(args, "seed", 0) < 0:
+        args.parser.error(f"--seed must be 0 or more, got {args.seed}")
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -290,8 +305,8 @@ def add_train_transformer(sub: argparse._SubParsersAction) -> None:
                         "every sample PNG during training (default: 200; 0 skips)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU that has it, fp32 on a CPU")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    p.set_defaults(func=run_train_transformer)
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    p.set_defaults(func=run_train_transformer, parser=p)
 
 
 def run_train_transformer(args: argparse.Namespace) -> int:
@@ -299,6 +314,7 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     from .train import TrainingDiverged
     from .train_transformer import evaluate_samples, format_sample_report, load_tokenizer, train_transformer
 
+    _check_out(args)
     try:
         model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
@@ -307,8 +323,10 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     except (CheckpointError, TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from .distributed import is_main
+
     finished = args.until is None or args.until >= args.steps
-    if args.eval_prompts > 0 and finished:
+    if args.eval_prompts > 0 and finished and is_main():  # under torchrun, rank 0 reports
         from .train import load_dvae
 
         model = model.float()
@@ -407,30 +425,137 @@ def run_generate(args: argparse.Namespace) -> int:
 def add_train_clip(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-clip", help="train CLIP (captions <-> images in one space) on fresh Shapes pairs")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps; the schedule spans them (default: 1500)")
-    p.add_argument("--batch-size", type=int, default=128, help="pairs per step, the negatives of InfoNCE (default: 128)")
+    p.add_argument("--steps", type=_positive_int, default=1500,
+                   help="optimizer steps; the schedule spans them (default: 1500)")
+    p.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="pairs per step, the negatives of InfoNCE (default: 128; under torchrun: in all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/clip"), help="run folder, a loadable model (default: runs/clip)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU, fp32 on a CPU")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    p.set_defaults(func=run_train_clip)
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    p.set_defaults(func=run_train_clip, parser=p)
 
 
 def run_train_clip(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .clip import CLIPConfig
+    from .distributed import is_main
     from .train import TrainingDiverged
     from .train_clip import evaluate_clip, format_clip_report, train_clip
 
+    _check_out(args)
     try:
         model = train_clip(CLIPConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
-    except (CheckpointError, TrainingDiverged) as err:
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not is_main():  # under torchrun, rank 0 reports
+        return 0
     print(format_clip_report(evaluate_clip(model.cpu().float(), n=500, seed=0)))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# train-all: the four models in order, on Shapes or your own images
+# ---------------------------------------------------------------------------
+
+
+def add_train_all(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-all", help="train the tokenizer, dVAE, transformer and CLIP in order into one run "
+                                         "folder (Shapes or your images); run it again to resume")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder of images (png, jpg, jpeg, webp), each with a .txt caption file of the same name, "
+                        "searched recursively (default: Shapes, which reproduces the shipped models)")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                   help="model sizes and run lengths (default: cpu, the shipped models' plan)")
+    p.add_argument("--out", type=Path, default=Path("runs/all"),
+                   help="the run folder; generate --models reads it (default: runs/all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on a GPU (and for the dVAE on a CPU with native bf16), else fp32")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="CPU threads per process (default: 1, as the shipped models were trained)")
+    p.set_defaults(func=run_train_all, parser=p)
+
+
+def run_train_all(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .checkpoints import CheckpointError
+    from .folder_data import FolderDataError
+    from .train import TrainingDiverged
+    from .train_all import PLANS, train_all
+
+    if args.data is not None and not args.data.is_dir():
+        args.parser.error(f"--data: {args.data} is not a folder; give a folder of images with .txt captions")
+    _check_out(args)
+    try:
+        train_all(args.out, data=args.data, plan=dataclasses.replace(PLANS[args.preset], seed=args.seed),
+                  precision=args.precision, threads=args.threads)
+    except FolderDataError as err:  # read before anything is written
+        args.parser.error(f"--data: {err}")
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# evaluate: lesson 5, the whole pipeline measured
+# ---------------------------------------------------------------------------
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="grade sampled images: random sample vs CLIP top-1 vs any of the top K")
+    p.add_argument("--split", choices=["seen", "compositional", "both"], default="both",
+                   help="seen: new scenes of trained colour-shape pairs; compositional: held-out pairs (default: both)")
+    p.add_argument("--prompts", type=_positive_int, default=200, help="captions per split (default: 200)")
+    p.add_argument("--candidates", type=_positive_int, default=16, help="N images sampled per caption (default: 16)")
+    p.add_argument("--keep", type=_positive_int, default=4, help="K best images per caption, K <= N (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="picks the captions and seeds the sampler (default: 0)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
+    p.add_argument("--out", type=Path, default=None, help="also write the report(s) to this JSON file")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="< 1 sharper, > 1 more varied")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
+    p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
+    p.add_argument("--cond-scale", type=float, default=3.0,
+                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 3)")
+    p.set_defaults(func=run_evaluate, parser=p)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoints import CheckpointError, _write_text
+    from .evaluate import evaluate_splits, format_evaluation
+    from .pipeline import load_models
+
+    if args.keep > args.candidates:
+        args.parser.error(f"--keep ({args.keep}) cannot exceed --candidates ({args.candidates})")
+    if args.seed < 0:
+        args.parser.error(f"--seed must be 0 or more, got {args.seed}")
+    if args.out is not None:
+        problem = (f"{args.out} is a folder: give a file name such as report.json" if args.out.is_dir()
+                   else _unwritable(args.out.parent))
+        if problem:
+            args.parser.error(f"--out: {problem}")
+    try:
+        models = load_models(args.models)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    splits = ["seen", "compositional"] if args.split == "both" else [args.split]
+    reports = evaluate_splits(models, splits, n_prompts=args.prompts, candidates=args.candidates, keep=args.keep,
+                              seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              condition_scale=args.cond_scale, progress=True)
+    print("\n\n".join(format_evaluation(report) for report in reports.values()))
+    if args.out is not None:
+        _write_text(args.out, json.dumps(reports, indent=1) + "\n")  # atomic: a killed run leaves no half file
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -439,12 +564,16 @@ def run_train_clip(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
+DEMO_PROMPT = "a small blue square to the left of a large red circle"  # also the Makefile's PROMPT
+
+
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the course so far on one prompt: tokens, a Shapes image, its grade")
-    p.add_argument("prompt", nargs="?", default="a large red circle in the top left")
+    p = sub.add_parser("demo", help="the course on one prompt: tokens, a reference Shapes image, then 16 samples "
+                                    "reranked to the best 4 (once the transformer is trained)")
+    p.add_argument("prompt", nargs="?", default=DEMO_PROMPT, help=f"default: {DEMO_PROMPT!r}")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the images (default: demo_out)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=run_demo, parser=p)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -452,35 +581,54 @@ def run_demo(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from . import shapes
+    from . import DATA_DIR, shapes
     from .bpe import ByteLevelBPE
+    from .pipeline import CREATE_COMMANDS
     from .viz import visible
 
     prompt = args.prompt.strip()
     if not prompt:
         print("error: the prompt is empty: give a caption such as 'a blue diamond at the top'", file=sys.stderr)
         return 2
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"error: --out: {problem}", file=sys.stderr)
+        return 2
     tok = ByteLevelBPE.load(_tokenizer_path(None))
     print(f"prompt: {prompt!r}")
     print(f"tokens ({len(tok.encode(prompt))}):", " | ".join(visible(p) for p in tok.tokens(prompt)))
+
+    # 1. the reference: the Shapes renderer draws the prompt exactly (when it is in the grammar)
+    name = None
     try:
         scene = shapes.scene_for_caption(prompt, np.random.default_rng(args.seed))
     except shapes.CaptionError as err:
         print(f"this prompt is outside the Shapes grammar, so no reference image can be drawn: {err}")
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{_slug(prompt)}.png"
-    image = shapes.render(scene)
-    _write_png(image, args.out / name)
-    print(f"rendered -> {args.out / name}: {_grade_line(shapes.grade(image, prompt))}")
-    results = {"results": [{"prompt": prompt, "images": [name]}]}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out / 'results.json'}")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        name = f"{_slug(prompt)}.png"
+        image = shapes.render(scene)
+        _write_png(image, args.out / name)
+        print(f"reference render -> {args.out / name}: {_grade_line(shapes.grade(image, prompt))}")
+
+    # 2. the models draw it: what `generate` does, with the shipped models
+    if (DATA_DIR / "transformer" / "config.json").is_file():
+        print("sampling 16 candidates, keeping the best 4 ...")
+        return run_generate(argparse.Namespace(
+            prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=1.0, top_k=None,
+            top_p=None, cond_scale=3.0, models=DATA_DIR, no_clip=False, parser=args.parser))
+    command = CREATE_COMMANDS["transformer"].format(dir=DATA_DIR / "transformer", dvae=DATA_DIR / "dvae")
+    print(f"generation needs the trained transformer ({DATA_DIR / 'transformer' / 'config.json'} is missing): "
+          f"train it with `{command}`")
+    if name is not None:
+        results = {"results": [{"prompt": prompt, "images": [name]}]}
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out / 'results.json'}")
     return 0
 
 
 COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct,
-            add_train_transformer, add_generate, add_train_clip]
+            add_train_transformer, add_generate, add_train_clip, add_train_all, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -432,6 +432,54 @@ def rerank(model: CLIP, tokenizer, prompt: str, images: np.ndarray | torch.Tenso
     return images[order.to(images.device)], scores[order].to(images.device)
 
 
+# How much reranking helps, exactly. Draw M candidates for a prompt once, score
+# and grade them all; then "rerank n of them" is the same as picking n of the M
+# at random, so each rate below is the average over all C(M, n) subsets.
+
+
+def expected_top1_match(scores: np.ndarray | Sequence, matches: np.ndarray | Sequence, n: int) -> float:
+    """The graded match rate of the candidate CLIP ranks first among ``n`` drawn at random from the M given.
+
+    ``scores``, ``matches``: (M,) for one prompt or (P, M) for P prompts (the
+    rate is then the mean over prompts). Sort the candidates best first (ties
+    keep their order, as ``rerank`` does); the candidate of rank r (0 = best)
+    wins a random n-subset when it is in it and the other n - 1 come from the
+    M - 1 - r ranked below it::
+
+        P(rank r wins) = C(M - 1 - r, n - 1) / C(M, n),    E[match] = Σ_r P(rank r wins) · match_r
+
+    n = 1 gives the plain mean of ``matches`` (no reranking); n = M gives the
+    match of CLIP's top candidate. Example: scores [0.9, 0.5, 0.1], matches
+    [False, True, True], n = 2: of the subsets {0, 1}, {0, 2}, {1, 2} only the
+    last one's best is a match -> 1/3.
+    """
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))  # (P, M)
+    m = np.atleast_2d(np.asarray(matches, dtype=np.float64))  # (P, M)
+    P, M = s.shape
+    if m.shape != (P, M):
+        raise ValueError(f"scores {s.shape} and matches {m.shape} must have the same shape: one per candidate")
+    if not 1 <= n <= M:
+        raise ValueError(f"n must be between 1 and the number of candidates ({M}), got {n}")
+    wins = np.array([math.comb(M - 1 - r, n - 1) for r in range(M)], dtype=np.float64) / math.comb(M, n)  # (M,)
+    order = np.argsort(-s, axis=1, kind="stable")  # (P, M): best first
+    return float((np.take_along_axis(m, order, axis=1) @ wins).mean())
+
+
+def expected_any_match(matches: np.ndarray | Sequence, n: int) -> float:
+    """How often at least one of ``n`` candidates drawn at random from the M given matches: a perfect reranker.
+
+    ``matches``: (M,) or (P, M). With j matches among M, a random n-subset
+    misses them all with probability C(M - j, n) / C(M, n).
+    Example: matches [False, True, True], n = 2 -> 1 (every pair holds a match).
+    """
+    m = np.atleast_2d(np.asarray(matches, dtype=bool))  # (P, M)
+    M = m.shape[1]
+    if not 1 <= n <= M:
+        raise ValueError(f"n must be between 1 and the number of candidates ({M}), got {n}")
+    miss = [math.comb(M - int(j), n) / math.comb(M, n) for j in m.sum(axis=1)]
+    return float(1.0 - np.mean(miss))
+
+
 # Zero-shot classification. Prompts stay inside the Shapes grammar: rather than
 # out-of-grammar phrases such as "a red shape", every full one-object caption
 # "a|an <size> <colour> <shape> <position>" (2 · 6 · 5 · 9 = 540 of them) is

@@ -86,6 +86,9 @@ class DVAEConfig:
     enc_width: int = 32  # encoder channels at full resolution, doubled after each 2× downsampling
     dec_width: int = 32  # decoder channels at full resolution, doubled going back up
     blocks_per_group: int = 1  # resblocks per resolution (the paper: 2)
+    res_gain: float | None = None  # scale of each resblock's residual branch; None = the paper's 1 / L²
+    #                                (L = number of resblocks), which makes a 4-block net start, and long
+    #                                stay, close to a stack of 1×1 convs
     likelihood: str = "logit_laplace"  # or "mse"
     eps: float = 0.1  # ε of the pixel map x -> (1 - 2ε) x + ε (the paper's value)
     min_log_b: float = -6.0  # floor of ln b of the logit-Laplace: keeps 1/b finite on flat colour
@@ -105,6 +108,9 @@ class DVAEConfig:
     #                           instead of 7 at step 500). The paper's far smaller lr hides the problem.
     diversity_weight: float = 0.0  # weight of KL(batch-average q ‖ uniform), not in the paper (0 = off):
     #                                  pushes the encoder to spread cells over many codes
+    restart_every: int = 0  # every this many steps, codes unused since the last restart are re-seeded as
+    #                          copies of the codes of badly reconstructed cells (0 = off, not in the paper;
+    #                          see ``restart_dead_codes``)
     logit_lr_mult: float = 1.0  # learning-rate multiplier of the logits conv (1 = same as the rest)
     logit_init_scale: float = 0.1  # the 1×1 logits conv starts this small, else the logits
     #                                  saturate at init and the relaxation stops learning
@@ -297,7 +303,7 @@ class BottleneckBlock(nn.Module):
     The encoder uses kernel sizes (3, 3, 3, 1), the decoder (1, 3, 3, 3).
     """
 
-    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, int, int, int]):
+    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, int, int, int], gain: float | None = None):
         super().__init__()
         n_hid = max(n_out // 4, 1)
         widths = [n_in, n_hid, n_hid, n_hid, n_out]
@@ -306,7 +312,7 @@ class BottleneckBlock(nn.Module):
         for i, k in enumerate(kernels):
             layers += [nn.ReLU(), nn.Conv2d(widths[i], widths[i + 1], k, padding=k // 2)]
         self.res_path = nn.Sequential(*layers)
-        self.post_gain = 1.0 / n_layers**2
+        self.post_gain = 1.0 / n_layers**2 if gain is None else gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.id_path(x) + self.post_gain * self.res_path(x)  # (B, N_out, ., .)
@@ -326,7 +332,7 @@ class Encoder(nn.Module):
         groups, n_in = [], n
         for g in range(G):
             n_out = n * 2**g
-            blocks = [BottleneckBlock(n_in if b == 0 else n_out, n_out, L, (3, 3, 3, 1)) for b in range(config.blocks_per_group)]
+            blocks = [BottleneckBlock(n_in if b == 0 else n_out, n_out, L, (3, 3, 3, 1), config.res_gain) for b in range(config.blocks_per_group)]
             if g < G - 1:
                 blocks.append(nn.MaxPool2d(2))
             groups.append(nn.Sequential(*blocks))
@@ -362,7 +368,7 @@ class Decoder(nn.Module):
         groups, n_in = [], config.codebook_dim
         for g in range(G):
             n_out = n * 2 ** (G - 1 - g)
-            blocks = [BottleneckBlock(n_in if b == 0 else n_out, n_out, L, (1, 3, 3, 3)) for b in range(config.blocks_per_group)]
+            blocks = [BottleneckBlock(n_in if b == 0 else n_out, n_out, L, (1, 3, 3, 3), config.res_gain) for b in range(config.blocks_per_group)]
             if g < G - 1:
                 blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
             groups.append(nn.Sequential(*blocks))
@@ -479,6 +485,49 @@ class DVAE(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------
+# dead-code restarts (not in the paper)
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def restart_dead_codes(
+    model: DVAE, dead: torch.Tensor, logits: torch.Tensor, cell_error: torch.Tensor,
+    optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
+) -> int:
+    """Give each unused code a second life as a near copy of a busy code, where reconstruction is worst.
+
+    A code the encoder never picks gets almost no gradient (its softmax
+    probability is tiny), so once the encoder settles on a few codes the rest
+    stay dead. For each dead code k: draw a cell of the batch with probability
+    proportional to its reconstruction error ``cell_error`` (B, h, w), take the
+    code j that cell uses now, and set code k's row of the logits conv and its
+    column of the codebook to j's plus 1% noise (their Adam moments to zero).
+    k and j now tie wherever j wins; training splits the cells between them,
+    which is how k-means grows clusters (LBG splitting). Returns the number of
+    codes restarted. ``dead``: bool (K,).
+    """
+    dead_ids = dead.nonzero().flatten()
+    if len(dead_ids) == 0:
+        return 0
+    weights = cell_error.flatten().float().clamp_min(0) + 1e-12  # (B·h·w,)
+    cells = torch.multinomial(weights.cpu(), len(dead_ids), replacement=True, generator=generator)
+    busy = logits.argmax(dim=1).flatten().cpu()[cells]  # (n_dead,): the code each chosen cell uses now
+    head = model.encoder.to_logits[-1]  # Conv2d(N, K, 1): row k scores code k
+    book = model.decoder.codebook  # Conv2d(K, D, 1): column k is code k's vector
+    k, j = dead_ids.to(head.weight.device), busy.to(head.weight.device)
+    head.weight[k] = head.weight[j] * (1 + 0.01 * torch.randn_like(head.weight[j]))
+    book.weight[:, k] = book.weight[:, j] * (1 + 0.01 * torch.randn_like(book.weight[:, j]))
+    if head.bias is not None:
+        head.bias[k] = head.bias[j]
+    if optimizer is not None:
+        for p, index, dim in ((head.weight, k, 0), (book.weight, k, 1)) + (((head.bias, k, 0),) if head.bias is not None else ()):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in optimizer.state.get(p, {}):
+                    optimizer.state[p][moment].index_fill_(dim, index, 0.0)
+    return len(dead_ids)
 
 
 # ---------------------------------------------------------------------------

@@ -168,3 +168,289 @@ def check_kl_to_uniform(fn: Callable) -> bool:
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (
             f"logits {tuple(logits.shape)}: got {got.tolist()}, expected {expected.tolist()}")
     return _report("kl_to_uniform", True, "")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 3: sparse attention and the transformer
+# ---------------------------------------------------------------------------
+
+
+def check_build_mask(fn: Callable) -> bool:
+    """``fn(kind, text_len, grid, kernel) -> (S, S)`` bool mask, like ``attention.build_mask``, for row, column and conv."""
+    import torch
+
+    from .attention import build_mask
+
+    sizes = [(6, 4, 3), (3, 5, 3), (4, 6, 5), (32, 8, 5)]
+    for kind in ("row", "column", "conv"):
+        for text_len, grid, kernel in sizes:
+            got = _attempt(fn, kind, text_len, grid, kernel)
+            if got is None:
+                return _report("build_mask", None, "index tensors i = arange(N).view(N, 1), j = arange(N).view(1, N) "
+                               "give every (query code, key code) pair at once; rows r = i // G, columns c = i % G")
+            expected = build_mask(kind, text_len, grid, kernel)
+            got = torch.as_tensor(got).bool()
+            case = f"build_mask({kind!r}, text_len={text_len}, grid={grid}, kernel={kernel})"
+            assert got.shape == expected.shape, f"{case}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+            wrong = (got != expected).nonzero()
+            if len(wrong):
+                q, k = wrong[0].tolist()
+                raise AssertionError(f"{case}: {len(wrong)} wrong entries, the first at query {q}, key {k}: "
+                                     f"got {bool(got[q, k])}, expected {bool(expected[q, k])}")
+    return _report("build_mask", True, "")
+
+
+def check_top_p_filter(fn: Callable) -> bool:
+    """``fn(logits, p)``, logits (B, V): the same logits with every token outside the nucleus set to -inf."""
+    import torch
+
+    from .sampling import top_p_filter
+
+    g = torch.Generator().manual_seed(3)
+    cases = [(torch.tensor([[0.1, 0.6, 0.3]]).log(), 0.7), (torch.tensor([[0.1, 0.6, 0.3]]).log(), 0.5),
+             (torch.tensor([[0.5, 0.3, 0.2]]).log(), 1.0), (torch.zeros(2, 8), 0.3)]
+    cases += [(3 * torch.randn(4, 50, generator=g), p) for p in (0.05, 0.5, 0.9, 0.99)]
+    for logits, p in cases:
+        got = _attempt(fn, logits.clone(), p)
+        if got is None:
+            return _report("top_p_filter", None, "sort descending, cumsum the probabilities, drop a token when "
+                           "the tokens ranked above it already hold >= p, then scatter back to vocabulary order")
+        expected = top_p_filter(logits, p)
+        got = torch.as_tensor(got, dtype=expected.dtype)
+        assert got.shape == expected.shape, f"top_p_filter(p={p}): shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        kept, kept_expected = torch.isfinite(got), torch.isfinite(expected)
+        assert torch.equal(kept, kept_expected), (
+            f"top_p_filter(p={p}) on logits {tuple(logits.shape)}: kept {kept.sum(-1).tolist()} tokens per row, "
+            f"expected {kept_expected.sum(-1).tolist()}")
+        assert torch.allclose(got[kept], expected[kept]), f"top_p_filter(p={p}): the kept logits must be unchanged"
+    return _report("top_p_filter", True, "")
+
+
+def check_next_token_loss(fn: Callable) -> bool:
+    """``fn(text_logits, image_logits, text, codes)``: the scalar 1/8 · text CE + 7/8 · image CE, like ``next_token_loss``."""
+    import torch
+
+    from .transformer import next_token_loss
+
+    g = torch.Generator().manual_seed(4)
+    for B, Lt, N, Vt, Vi in [(1, 4, 4, 10, 6), (3, 8, 16, 40, 24), (2, 32, 64, 515, 512)]:
+        text_logits = 2 * torch.randn(B, Lt - 1, Vt, generator=g)
+        image_logits = 2 * torch.randn(B, N, Vi, generator=g)
+        text = torch.randint(0, Vt, (B, Lt), generator=g)
+        codes = torch.randint(0, Vi, (B, N), generator=g)
+        got = _attempt(fn, text_logits, image_logits, text, codes)
+        if got is None:
+            return _report("next_token_loss", None, "text targets are text[:, 1:]; F.cross_entropy wants "
+                           "(rows, V) logits and (rows,) targets: flatten(0, 1) both")
+        expected = next_token_loss(text_logits, image_logits, text, codes).loss
+        got = torch.as_tensor(got, dtype=expected.dtype)
+        assert got.numel() == 1, f"the loss must be one number, got shape {tuple(got.shape)}"
+        assert torch.allclose(got.reshape(()), expected, atol=1e-4), (
+            f"B={B}, Lt={Lt}, N={N}: got {got.item():.4f}, expected {expected.item():.4f}")
+    return _report("next_token_loss", True, "")
+
+
+# ---------------------------------------------------------------------------
+# Lesson 4: CLIP and reranking
+# ---------------------------------------------------------------------------
+
+
+def check_contrastive_loss(fn: Callable) -> bool:
+    """``fn(image_emb, text_emb, logit_scale, positives)``: the symmetric InfoNCE loss, like ``clip.contrastive_loss``.
+
+    ``image_emb``, ``text_emb``: unit vectors (B, E); ``logit_scale``: a float;
+    ``positives``: None, or a (B, B) bool mask of the pairs that are equally
+    right (identical captions), whose targets are then spread evenly.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .clip import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+    dup = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)  # 0 and 2 alike
+    cases = [(torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), 1.0, None),  # the docstring's 0.5514
+             (unit(5, 8), unit(5, 8), 10.0, None), (unit(4, 8), unit(4, 8), 20.0, dup),
+             (unit(6, 16), unit(6, 16), 3.0, torch.eye(6, dtype=torch.bool))]
+    for v, t, s, positives in cases:
+        got = _attempt(fn, v.clone(), t.clone(), s, None if positives is None else positives.clone())
+        if got is None:
+            return _report("contrastive_loss", None,
+                           "logits = s · v tᵀ; the mean of the cross-entropy over rows (image -> text) and over "
+                           "columns (logits.T, text -> image); with positives, the target of row i is "
+                           "positives[i] / positives[i].sum()")
+        expected = contrastive_loss(v, t, s, positives)
+        got = torch.as_tensor(got, dtype=expected.dtype)
+        where = f"B = {len(v)}, s = {s}, " + ("no positives" if positives is None else "positives " +
+                                            str(positives.int().tolist()))
+        assert got.numel() == 1, f"{where}: the loss must be one number, got shape {tuple(got.shape)}"
+        assert torch.allclose(got.reshape(()), expected, atol=1e-6), f"{where}: got {got.item():.6f}, " \
+            f"expected {expected.item():.6f}"
+    return _report("contrastive_loss", True, "")
+
+
+def check_expected_top1(fn: Callable) -> bool:
+    """``fn(scores, matches, n)``: for one prompt's M candidates (NumPy (M,) floats and bools), the graded match
+    rate of CLIP's favourite among n drawn at random, averaged over all n-subsets (``clip.expected_top1_match``)."""
+    import numpy as np
+
+    from .clip import expected_top1_match
+
+    rng = np.random.default_rng(0)
+    cases = [(np.array([0.9, 0.5, 0.1]), np.array([False, True, True]), 2)]  # the docstring's 1/3
+    for M in (1, 4, 7, 32):
+        scores, matches = rng.random(M), rng.random(M) < 0.4
+        cases += [(scores, matches, n) for n in sorted({1, min(2, M), max(1, M // 2), M})]
+    for scores, matches, n in cases:
+        got = _attempt(fn, scores.copy(), matches.copy(), n)
+        if got is None:
+            return _report("expected_top1", None, "sort the candidates best first; the one of rank r (0 = best) is "
+                           "the top of a random n-subset with probability comb(M - 1 - r, n - 1) / comb(M, n)")
+        expected = expected_top1_match(scores, matches, n)
+        assert abs(float(got) - expected) < 1e-9, (
+            f"M = {len(scores)}, n = {n}, matches {matches.astype(int).tolist()}: got {float(got):.6f}, "
+            f"expected {expected:.6f}")
+    return _report("expected_top1", True, "")
+
+
+def recall_at_k(sims, k: int) -> float:
+    """Text -> image recall@k: the fraction of captions j whose own image j is among the k most similar to it.
+
+    ``sims``: (N, N), row i = image i, column j = caption j. Ties count against
+    the caption (its image must beat all but k - 1 others). Example: sims
+    [[0.9, 0.6], [0.8, 0.2]], k = 1 -> 0.5 (caption 1 prefers image 0).
+    """
+    import numpy as np
+
+    s = np.asarray(sims.detach().cpu() if hasattr(sims, "detach") else sims, dtype=np.float64)  # (N, N)
+    own = np.diag(s)  # (N,)
+    better = (s > own[None, :]).sum(axis=0) + ((s == own[None, :]).sum(axis=0) - 1)  # (N,): images not behind it
+    return float((better < k).mean())
+
+
+def check_recall_at_k(fn: Callable) -> bool:
+    """``fn(sims, k)``: text -> image recall@k of an (N, N) similarity matrix (rows images, columns captions)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    cases = [(np.array([[0.9, 0.6], [0.8, 0.2]]), 1), (np.eye(4), 1)]
+    for n in (5, 12):
+        s = rng.random((n, n)) + 0.5 * np.eye(n)
+        cases += [(s, k) for k in (1, 3, n)]
+    for sims, k in cases:
+        got = _attempt(fn, sims.copy(), k)
+        if got is None:
+            return _report("recall_at_k", None, "for caption j, count the images whose similarity to it beats "
+                           "sims[j, j]; it is a hit when fewer than k do")
+        expected = recall_at_k(sims, k)
+        assert abs(float(got) - expected) < 1e-9, f"N = {len(sims)}, k = {k}: got {float(got)}, expected {expected}"
+    return _report("recall_at_k", True, "")
+
+
+# ---------------------------------------------------------------------------
+# Capstone (lesson 5): the whole pipeline, evaluated
+# ---------------------------------------------------------------------------
+
+
+def check_generate(fn: Callable, models) -> bool:
+    """``fn(prompt, models, candidates, keep, seed)`` -> ``(images, scores)``: the pipeline rebuilt from its parts.
+
+    Tokenize, sample ``candidates`` code grids with one ``torch.Generator``
+    seeded with ``seed`` (temperature 1, condition scale 3), decode them, rerank
+    with ``models.clip`` and keep the best ``keep``: uint8 images (K, H, W, C)
+    and their float scores (K,). Compared with ``pipeline.generate``.
+    """
+    import numpy as np
+
+    from .pipeline import generate
+
+    device = str(models.transformer.image_head.weight.device)
+    cases = [("a large red circle in the top left", 4, 2, 0), ("a small blue square to the left of a green cross", 3, 3, 1)]
+    for prompt, candidates, keep, seed in cases:
+        got = _attempt(fn, prompt, models, candidates, keep, seed)
+        if got is None:
+            return _report("generate", None, "encode_captions -> repeat N times -> train_transformer.sample_images "
+                           "(generator=torch.Generator(device).manual_seed(seed), condition_scale=3.0) -> "
+                           "clip.rerank -> the first K")
+        images, scores = got
+        want = generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates, keep=keep,
+                        seed=seed, condition_scale=3.0, clip_model=models.clip, device=device)[0]
+        where = f"{prompt!r}, N = {candidates}, K = {keep}, seed {seed}"
+        images = np.asarray(images)
+        assert images.shape == want.images.shape, f"{where}: images of shape {images.shape}, expected {want.images.shape}"
+        assert np.array_equal(images, want.images), f"{where}: not the images generate keeps (same seed, same order?)"
+        if want.scores is not None:
+            assert scores is not None and np.allclose(np.asarray(scores, dtype=np.float32), want.scores, atol=1e-5), \
+                f"{where}: scores {scores}, expected {want.scores.tolist()}"
+    return _report("generate", True, "")
+
+
+def match_rates(prompts: list[dict], keep: int) -> dict[str, float]:
+    """The three rates of an evaluation from its per-caption records (``report["prompts"]``).
+
+    Each record has ``matches`` (N bools, in sampling order) and ``ranking``
+    (candidate indices, best first). ``random``: the mean over captions of the
+    mean match; ``top1``: of ``matches[ranking[0]]``; ``any_of_top_k``: of
+    whether any of ``matches[ranking[:keep]]`` holds.
+    Example: one caption, matches [F, T, F], ranking [2, 1, 0], keep 2 -> random 1/3, top1 0, any_of_top_k 1.
+    """
+    import numpy as np
+
+    m = [np.asarray(r["matches"], dtype=bool) for r in prompts]
+    order = [np.asarray(r["ranking"]) for r in prompts]
+    return {"random": float(np.mean([x.mean() for x in m])),
+            "top1": float(np.mean([x[o[0]] for x, o in zip(m, order)])),
+            "any_of_top_k": float(np.mean([x[o[:keep]].any() for x, o in zip(m, order)]))}
+
+
+def check_match_rates(fn: Callable) -> bool:
+    """``fn(prompts, keep)`` -> ``{"random", "top1", "any_of_top_k"}`` from an evaluation's ``report["prompts"]``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cases = [([{"matches": [False, True, False], "ranking": [2, 1, 0]}], 2)]  # the docstring's example
+    for n_prompts, n in ((5, 4), (12, 8), (3, 1)):
+        records = [{"matches": (rng.random(n) < 0.4).tolist(), "ranking": rng.permutation(n).tolist()}
+                   for _ in range(n_prompts)]
+        cases += [(records, k) for k in sorted({1, max(1, n // 2), n})]
+    for records, keep in cases:
+        got = _attempt(fn, [dict(r) for r in records], keep)
+        if got is None:
+            return _report("match_rates", None, "per caption: mean(matches), matches[ranking[0]], "
+                           "any(matches[i] for i in ranking[:keep]); then the mean of each over the captions")
+        expected = match_rates(records, keep)
+        for key, value in expected.items():
+            assert key in got, f"the answer has no {key!r} entry (keys: {sorted(got)})"
+            assert abs(float(got[key]) - value) < 1e-9, (
+                f"{len(records)} captions of {len(records[0]['matches'])} candidates, keep {keep}: {key} "
+                f"{float(got[key]):.4f}, expected {value:.4f}")
+    return _report("match_rates", True, "")
+
+
+def check_failure_counts(fn: Callable) -> bool:
+    """``fn(grades)`` -> ``{check: how many gradable grades fail it}`` for every check of ``shapes.CHECKS``."""
+    import numpy as np
+
+    from . import shapes
+    from .viz import failure_counts
+
+    scenes = shapes.make_scenes("test", 12, seed=3)
+    images = shapes.render_batch(scenes)
+    wrong = [scenes[(i + 1) % len(scenes)].caption for i in range(len(scenes))]  # each image against another caption
+    blank = np.full_like(images[0], 255)
+    cases = [[shapes.grade(im, s.caption) for im, s in zip(images, scenes)],  # all match: every count 0
+             [shapes.grade(im, c) for im, c in zip(images, wrong)],
+             [shapes.grade(blank, "a red circle"), shapes.grade(images[0], "a cat on a mat")]]  # count; ungradable
+    for grades in cases:
+        got = _attempt(fn, list(grades))
+        if got is None:
+            return _report("failure_counts", None, "for each name in shapes.CHECKS, count the gradable grades whose "
+                           "checks[name] is False (None means the caption does not state it)")
+        expected = {k: v for k, v in failure_counts(grades).items() if v}  # checks left out count as 0
+        got = {k: int(v) for k, v in dict(got).items() if int(v)}
+        assert got == expected, f"{len(grades)} grades: got {got}, expected {expected} (checks not listed: 0)"
+    return _report("failure_counts", True, "")

@@ -30,6 +30,8 @@ sampling the caption itself (the text is always given).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -147,12 +149,15 @@ def sample_reference(model: DalleTransformer, text: torch.Tensor, *, temperature
 @torch.no_grad()
 def sample(model: DalleTransformer, text: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, condition_scale: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None,
+           callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Sample code grids for captions ``text`` (B, Lt) with a KV cache. Returns LongTensor (B, G, G).
 
     Same arguments and, for the same generator state, the same codes as
     ``sample_reference``. Repeat a caption for several candidates:
     ``sample(model, text.repeat_interleave(n, dim=0), generator=g)``.
+    ``callback(j, codes)``, if given, is called after code j is drawn with the
+    codes so far, (B, j + 1) in raster order: to watch the grid fill.
     """
     _check_knobs(model, text, temperature)
     was_training, device = model.training, model.image_head.weight.device
@@ -170,6 +175,8 @@ def sample(model: DalleTransformer, text: torch.Tensor, *, temperature: float = 
         if guided:
             logits = guided_logits(*logits.chunk(2), condition_scale)  # (B, Vi)
         codes[:, j:j + 1] = pick_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        if callback is not None:
+            callback(j, codes[:, :j + 1].clone())
         if j + 1 < N:  # feed code j at its position; its query attends the cached keys its mask row allows
             new = codes[:, j:j + 1].repeat(2, 1) if guided else codes[:, j:j + 1]  # (B or B2, 1)
             h = model.run_blocks(model.embed_image(new, start=j), caches)  # (B or B2, 1, d)

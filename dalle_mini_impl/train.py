@@ -16,13 +16,18 @@ backward, step — plus what a long run on a laptop needs:
 * on a GPU, bf16 autocast and ``torch.compile``; on a CPU, plain PyTorch
   (bf16 autocast only when the CPU has native bf16 instructions, where a
   training step measured 1.9× faster than fp32 in ``bench/bench_dvae.py``;
-  ``precision="fp32"`` forces the plain path).
+  ``precision="fp32"`` forces the plain path);
+* your own images instead of Shapes (``images=``, e.g. a
+  ``folder_data.FolderDataset``'s), with some of them in the sample PNGs;
+* several processes under torchrun (``distributed``): every rank draws the
+  same global batch and trains on its shard, DDP averages the gradients, only
+  rank 0 saves; in one process nothing changes.
 
 ``evaluate_reconstructions`` measures a dVAE the way the rest of the course
 needs it: does the grader still read the caption off the argmax round trip?
 
-Does not handle: several GPUs, gradient accumulation, or a data loader in
-worker processes (the Shapes images are rendered once into memory).
+Does not handle: gradient accumulation, or a data loader in worker processes
+(the images are held in memory: Shapes renders them once).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from . import checkpoints, get_device, seed_everything, shapes
-from .dvae import DVAE, DVAEConfig, codebook_stats, kl_weight_at, lr_at, psnr, tau_at
+from . import checkpoints, distributed, get_device, seed_everything, shapes
+from .dvae import DVAE, DVAEConfig, codebook_stats, kl_weight_at, lr_at, psnr, restart_dead_codes, tau_at
 
 MODEL_TYPE = "dvae"
 
@@ -144,29 +150,37 @@ def train_dvae(
     threads: int | None = 2,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    preview_images: np.ndarray | torch.Tensor | None = None,
 ) -> DVAE:
-    """Train a dVAE on Shapes images and keep it in ``out_dir`` (a loadable model folder).
+    """Train a dVAE on Shapes images (or yours) and keep it in ``out_dir`` (a loadable model folder).
 
     ``images``: uint8 (N, H, W, C) or float (N, C, H, W) training images;
     by default ``n_images`` Shapes training images rendered from ``seed``.
-    ``until``: stop after this step (the schedules still span ``steps``);
-    call again with ``resume=True`` to go on — a notebook can train in chunks.
-    Returns the model in eval mode.
+    ``preview_images``: the images shown in the sample PNGs (default: 8
+    held-out Shapes images). ``until``: stop after this step (the schedules
+    still span ``steps``); call again with ``resume=True`` to go on — a
+    notebook can train in chunks. Under torchrun, ``batch_size`` is the global
+    batch, split over the processes. Returns the model in eval mode.
     """
     config = config or DVAEConfig()
-    device = device or get_device()
+    device = distributed.setup(device)  # joins the other processes when launched by torchrun
+    main = distributed.is_main()  # rank 0 (the only process outside torchrun) saves and reports
+    log = log if main else (lambda _: None)
+    distributed.per_rank_batch(batch_size)  # fails early when the processes cannot share the batch
     precision = resolve_precision(precision, device)
     out_dir = Path(out_dir)
     state_path = out_dir / checkpoints.STATE_NAME
     if device == "cpu":
         setup_cpu(threads)
-    seed_everything(seed)
+    seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
 
     # data: rendered once, kept as uint8 (60k images = 740 MB as float, 184 MB as uint8)
     data = images if images is not None else training_images(n_images, seed)
     data = torch.from_numpy(data) if isinstance(data, np.ndarray) else data
     N = len(data)
-    holdout = to_float_images(shapes.ShapesDataset("val", size=8, seed=seed).images)  # (8, C, H, W) for the PNGs
+    if preview_images is None:
+        preview_images = shapes.ShapesDataset("val", size=8, seed=seed).images
+    holdout = to_float_images(preview_images[:8])  # (8, C, H, W) for the PNGs
     if holdout.shape[-1] != config.image_size:
         holdout = torch.nn.functional.interpolate(holdout, size=config.image_size, mode="area")
 
@@ -178,7 +192,8 @@ def train_dvae(
     step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
     run_info["precision"] = precision
 
-    forward = torch.compile(model) if device.startswith("cuda") else model
+    trained = distributed.wrap(model)  # DDP around the model under torchrun, the model itself otherwise
+    forward = torch.compile(trained) if device.startswith("cuda") else trained
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def save(at_step: int) -> None:
@@ -191,8 +206,10 @@ def train_dvae(
         save_png(image_grid([x.cpu(), model.reconstruct(x).float().cpu()]), out_dir / "samples" / f"step_{at_step:06d}.png")
         model.train()
 
+    usage = torch.zeros(config.vocab_size, dtype=torch.long)  # argmax picks since the last restart
+    restarts = 0
     last = min(until, steps) if until is not None else steps
-    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress)
+    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress and main)
     t0 = time.time()
     model.train()
     for step in bar:
@@ -200,13 +217,14 @@ def train_dvae(
         lr, tau, beta = lr_at(step, steps, config), tau_at(step, steps, config), kl_weight_at(step, steps, config)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        # 2. a random batch (the torch generator is part of the checkpoint, so resuming draws the same batches)
-        idx = torch.randint(0, N, (batch_size,))
+        # 2. a random batch (the torch generator is part of the checkpoint, so resuming draws the same batches);
+        #    under torchrun every rank draws the same one and keeps its shard
+        idx = distributed.shard(torch.randint(0, N, (batch_size,)))
         x = to_float_images(data[idx]).to(device).contiguous(memory_format=memory_format)  # (B, C, H, W)
         # 3. forward, check, backward, step
         with autocast:
             out = forward(x, tau=tau, kl_weight=beta)
-        if not torch.isfinite(out.loss):
+        if not distributed.all_finite(out.loss):
             raise TrainingDiverged(
                 f"loss is {out.loss.item()} at step {step}; stopped before updating the weights. "
                 f"The last good checkpoint is {state_path} (step {_saved_step(state_path)}); "
@@ -215,17 +233,29 @@ def train_dvae(
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+        if config.restart_every and step < 0.8 * steps:  # not in the last 20%: let the codes settle
+            usage += torch.bincount(out.logits.detach().argmax(dim=1).flatten().cpu(), minlength=config.vocab_size)
+            if (step + 1) % config.restart_every == 0:
+                cell_error = F.avg_pool2d(((out.x_rec.detach().float() - x.float()) ** 2).mean(dim=1, keepdim=True),
+                                          config.downsample)[:, 0]  # (B, h, w): squared error per cell
+                # (under torchrun: every rank's usage and cells, so that all ranks restart the same codes)
+                restarts += restart_dead_codes(model, distributed.all_sum(usage) == 0,
+                                               distributed.all_gather(out.logits.detach()),
+                                               distributed.all_gather(cell_error), optimizer)
+                usage.zero_()
         # 4. report, checkpoint, picture
         done = step + 1
-        if progress:
+        if progress and main:
             bar.set_postfix(loss=f"{out.loss.item():.3f}", rec=f"{out.recon.item():.3f}", kl=f"{out.kl.item():.4f}",
-                            tau=f"{tau:.3f}", beta=f"{beta:.2f}", refresh=False)
-        if done % checkpoint_every == 0 or done == last:
+                            tau=f"{tau:.3f}", beta=f"{beta:.2f}", **({"restarts": restarts} if config.restart_every else {}), refresh=False)
+        if main and (done % checkpoint_every == 0 or done == last):
             save(done)
-        if done % sample_every == 0 or done == steps:
+        if main and (done % sample_every == 0 or done == steps):
             save_samples(done)
-    if last > 0 and not state_path.exists():
+    if main and last > 0 and not state_path.exists():
         save(last)
+    distributed.broadcast_buffers(model)  # the BatchNorm statistics rank 0 saved, on every rank
+    distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
 

@@ -18,16 +18,24 @@ backward, step — with what a long run on a laptop needs, as in
 * progress with tqdm, and every ``eval_every`` steps zero-shot accuracy on
   held-out ``val`` images, logged and appended to ``metrics.jsonl``;
 * on a GPU, bf16 autocast and ``torch.compile``; on a CPU, plain float32
-  (``precision="bf16"`` forces autocast there too).
+  (``precision="bf16"`` forces autocast there too);
+* your own images and captions instead of Shapes (``data=`` a
+  ``folder_data.FolderDataset``): each step draws B random images and one of
+  each image's captions (zero-shot accuracy, which needs Shapes labels, is
+  then not measured);
+* several processes under torchrun (``distributed``): every rank knows the
+  whole global batch, encodes its shard, and gathers every rank's vectors
+  (``distributed.gather_with_grad``) so that the loss still contrasts each
+  image with all B captions, as in one process; DDP averages the gradients;
+  only rank 0 saves and reports.
 
 ``evaluate_clip`` measures a trained CLIP: zero-shot accuracy per attribute on
 one-object ``test`` images (pairs seen in training) and ``compositional``
 images (the five held-out colour–shape pairs), and text -> image R@1 on 100
 ``test`` scenes.
 
-Does not handle: several GPUs, gradient accumulation, a data loader in worker
-processes (rendering a batch of 128 takes about 60 ms), or training from a
-list of your own images and captions.
+Does not handle: gradient accumulation, or a data loader in worker processes
+(rendering a batch of 128 takes about 60 ms).
 """
 
 from __future__ import annotations
@@ -41,10 +49,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import DATA_DIR, checkpoints, get_device, seed_everything, shapes
+from . import DATA_DIR, checkpoints, distributed, get_device, seed_everything, shapes
 from .bpe import ByteLevelBPE
-from .clip import (ATTRIBUTES, CLIP, CLIPConfig, attribute_values, retrieval_at_1, same_caption, scene_attributes,
-                   zero_shot_probs)
+from .clip import (ATTRIBUTES, CLIP, CLIPConfig, attribute_values, contrastive_loss, retrieval_at_1, same_caption,
+                   scene_attributes, zero_shot_probs)
+from .folder_data import FolderDataset, pick_caption_rows
 from .train import TrainingDiverged, _progress, _saved_step, resolve_precision, setup_cpu
 from .transformer import encode_captions
 
@@ -97,6 +106,22 @@ def _load_tokenizer(tokenizer) -> ByteLevelBPE:
     return tokenizer if tokenizer is not None else ByteLevelBPE.load(DATA_DIR / "tokenizer" / "bpe.json")
 
 
+class PairEncoder(torch.nn.Module):
+    """CLIP's forward pass without the loss: B pairs -> (v (B, E), t (B, E), s), the unit vectors and the scale.
+
+    The loop computes the loss itself, so that under torchrun it can first
+    gather every rank's vectors; DDP wraps this module, whose forward uses
+    every parameter of the CLIP model.
+    """
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.clip.encode_image(images).float(), self.clip.encode_text(ids).float(), self.clip.logit_scale.float()
+
+
 # ---------------------------------------------------------------------------
 # the training loop
 # ---------------------------------------------------------------------------
@@ -119,20 +144,30 @@ def train_clip(
     threads: int | None = 2,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    data: FolderDataset | None = None,
 ) -> CLIP:
     """Train CLIP on fresh Shapes (image, caption) pairs and keep it in ``out_dir`` (a loadable model folder).
 
     ``until``: stop after this step (the schedule still spans ``steps``); call
     again with ``resume=True`` to go on — a notebook can train in chunks.
     ``eval_every``: zero-shot accuracy on ``eval_n`` one-object ``val`` images
-    (0 turns it off). Returns the model in eval mode.
+    (0 turns it off). ``data``: your own images and captions (a
+    ``FolderDataset``, at ``config.image_size``) instead of Shapes; only the
+    loss is then logged. Under torchrun, ``batch_size`` is the global batch,
+    split over the processes. Returns the model in eval mode.
     """
     config = config or CLIPConfig()
     tokenizer = _load_tokenizer(tokenizer)
     if tokenizer.vocab_size > config.text_vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but config.text_vocab_size is "
                          f"{config.text_vocab_size}; raise text_vocab_size to at least {tokenizer.vocab_size}")
-    device = device or get_device()
+    device = distributed.setup(device)  # joins the other processes when launched by torchrun
+    main = distributed.is_main()  # rank 0 (the only process outside torchrun) saves and reports
+    log = log if main else (lambda _: None)
+    distributed.per_rank_batch(batch_size)  # fails early when the processes cannot share the batch
+    if data is not None and data.image_size != config.image_size:
+        raise ValueError(f"the images of {data.root} are {data.image_size}×{data.image_size} but the model reads "
+                         f"{config.image_size}×{config.image_size}; load them with image_size={config.image_size}")
     if precision == "auto":
         precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
     precision = resolve_precision(precision, device)
@@ -140,20 +175,28 @@ def train_clip(
     state_path = out_dir / checkpoints.STATE_NAME
     if device == "cpu":
         setup_cpu(threads)
-    seed_everything(seed)
+    seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
 
     model = CLIP(config).to(device)
     optimizer = make_optimizer(model, config)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed}
+    if data is not None:
+        run_info["data_sha256"] = data.fingerprint
     step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
     run_info["precision"] = precision
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _trim_metrics(out_dir / METRICS_NAME, step)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(out_dir / METRICS_NAME, step)
 
-    forward = torch.compile(model) if device.startswith("cuda") else model
+    pairs = distributed.wrap(PairEncoder(model))  # DDP around it under torchrun, the module itself otherwise
+    forward = torch.compile(pairs) if device.startswith("cuda") else pairs
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
-    eval_scenes = one_object_scenes("val", eval_n, seed) if eval_every else []
-    eval_images = shapes.render_batch(eval_scenes) if eval_every else None
+    zero_shot = eval_every and data is None  # zero-shot labels exist for Shapes only
+    eval_scenes = one_object_scenes("val", eval_n, seed) if zero_shot else []
+    eval_images = shapes.render_batch(eval_scenes) if zero_shot else None
+    if data is not None:  # every caption encoded once: (captions, T); image i's are rows first[i] … + count[i] - 1
+        captions, first, count = data.caption_table()
+        caption_ids = encode_captions(tokenizer, captions, config.text_len)
 
     def save(at_step: int) -> None:
         checkpoints.save_training_state(state_path, model, optimizer, at_step, config, extra=run_info)
@@ -161,17 +204,27 @@ def train_clip(
 
     def evaluate(at_step: int, mean_loss: float) -> None:
         model.eval()
-        acc = _zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes)
+        acc = _zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes) if zero_shot else {}
         model.train()
         row = {"step": at_step, "loss": round(mean_loss, 4), "scale": round(model.logit_scale.item(), 2),
                **{k: round(v, 4) for k, v in acc.items()}}
         with open(out_dir / METRICS_NAME, "a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"step {at_step}: loss {mean_loss:.3f} | scale {row['scale']:.1f} | zero-shot on {eval_n} val images: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+        log(f"step {at_step}: loss {mean_loss:.3f} | scale {row['scale']:.1f}"
+            + (f" | zero-shot on {eval_n} val images: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
+               if acc else ""))
+
+    def batch(at_step: int) -> tuple[np.ndarray, torch.Tensor]:
+        """uint8 images (b, H, W, C) of this rank's shard and the token ids (B, T) of the whole global batch."""
+        if data is None:  # B fresh Shapes scenes, a pure function of (seed, step)
+            scenes = training_batch(at_step, batch_size, seed)
+            ids = encode_captions(tokenizer, [s.caption for s in scenes], config.text_len)  # (B, T)
+            return shapes.render_batch(distributed.shard(scenes)), ids
+        idx = torch.randint(0, len(data), (batch_size,))  # B random images, one random caption each
+        return data.images[distributed.shard(idx).numpy()], caption_ids[pick_caption_rows(idx, first, count)]
 
     last = min(until, steps) if until is not None else steps
-    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress, desc="CLIP")
+    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress and main, desc="CLIP")
     t0, losses = time.time(), []
     model.train()
     for step in bar:
@@ -179,16 +232,19 @@ def train_clip(
         lr = lr_at(step, steps, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # 2. a fresh batch: scenes -> pixels and token ids; identical captions are positives of each other
-        scenes = training_batch(step, batch_size, seed)
-        images = torch.from_numpy(shapes.render_batch(scenes)).to(device)  # (B, H, W, C) uint8
-        images = images.permute(0, 3, 1, 2).float().div(255.0)  # (B, C, H, W) in [0, 1]
-        ids = encode_captions(tokenizer, [s.caption for s in scenes], config.text_len).to(device)  # (B, T)
+        # 2. a fresh batch: pixels and token ids; identical captions are positives of each other
+        pixels, ids = batch(step)
+        images = torch.from_numpy(pixels).to(device)  # (b, H, W, C) uint8: this rank's shard (b = B in one process)
+        images = images.permute(0, 3, 1, 2).float().div(255.0)  # (b, C, H, W) in [0, 1]
+        ids = ids.to(device)  # (B, T): the whole global batch
         positives = same_caption(ids)  # (B, B)
-        # 3. forward, check, backward, step
+        # 3. forward, check, backward, step; under torchrun each rank encodes its shard, then gathers
+        #    every rank's vectors, so that each image is contrasted with all B captions
         with autocast:
-            loss, _ = forward(images, ids, positives)
-        if not torch.isfinite(loss):
+            v, t, scale = forward(images, distributed.shard(ids))  # (b, E), (b, E), ()
+            v, t = distributed.gather_with_grad(v), distributed.gather_with_grad(t)  # (B, E) each
+            loss = contrastive_loss(v, t, scale, positives)
+        if not distributed.all_finite(loss):
             raise TrainingDiverged(
                 f"loss is {loss.item()} at step {step}; stopped before updating the weights. "
                 f"The last good checkpoint is {state_path} (step {_saved_step(state_path)}); "
@@ -200,15 +256,17 @@ def train_clip(
         # 4. report, checkpoint, evaluate
         done = step + 1
         losses.append(loss.item())
-        if progress:
+        if progress and main:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{model.logit_scale.item():.1f}", lr=f"{lr:.1e}", refresh=False)
-        if done % checkpoint_every == 0 or done == last:
+        if main and (done % checkpoint_every == 0 or done == last):
             save(done)
         if eval_every and (done % eval_every == 0 or done == steps):
-            evaluate(done, float(np.mean(losses)))
+            if main:
+                evaluate(done, float(np.mean(losses)))
             losses = []
-    if last > 0 and not state_path.exists():
+    if main and last > 0 and not state_path.exists():
         save(last)
+    distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
 

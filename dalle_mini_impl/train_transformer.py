@@ -24,6 +24,15 @@ captions, forward, backward, step — over data prepared once:
 * every ``sample_every`` steps, a PNG of samples for a few fixed prompts
   (decoded by the dVAE) and the graded match rate on a handful of test
   captions, appended to ``evals.jsonl``.
+* your own images and captions instead of Shapes (``data=`` a
+  ``folder_data.FolderDataset``): their codes are cached once the same way
+  (``cache_folder_codes``), each draw of an image picks one of its captions at
+  random, and the sample PNGs show some of its captions (the grader knows
+  only Shapes, so nothing is graded).
+* several processes under torchrun (``distributed``): every rank draws the
+  same global batch, drops the same captions and trains on its shard; DDP
+  averages the gradients; only rank 0 encodes the codes first, saves and
+  reports. In one process nothing changes.
 
 ``evaluate_samples`` measures a transformer the way the course does: draw one
 image per held-out caption and ask ``shapes.grade`` whether it shows the
@@ -33,9 +42,9 @@ Letters used in shape comments: B batch size, Lt text length, G grid side
 (G·G codes per image), h = w = G as the dVAE calls them, H, W, C image height,
 width and channels, P prompts.
 
-Does not handle: several GPUs, gradient accumulation, a data loader in worker
-processes (all codes fit in memory: 60k grids are 7.7 MB), or re-encoding the
-images with gumbel noise (the codes are the dVAE's argmax, as in the paper).
+Does not handle: gradient accumulation, a data loader in worker processes (all
+codes fit in memory: 60k grids are 7.7 MB), or re-encoding the images with
+gumbel noise (the codes are the dVAE's argmax, as in the paper).
 """
 
 from __future__ import annotations
@@ -50,8 +59,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import CACHE_DIR, DATA_DIR, checkpoints, get_device, seed_everything, shapes
+from . import CACHE_DIR, DATA_DIR, checkpoints, distributed, get_device, seed_everything, shapes
 from .dvae import DVAE, cosine_schedule
+from .folder_data import FolderDataset, pick_caption_rows
 from .sampling import sample
 from .train import (
     TrainingDiverged,
@@ -155,33 +165,80 @@ def cache_codes(
     calls with the same dVAE weights read that file. A corrupt cache file is
     recomputed, with a warning.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     digest = weights_hash(dvae)
     path = Path(cache_dir) / f"codes_{split}_n{n}_seed{seed}_{digest[:16]}.safetensors"
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                captions = json.loads(f.metadata()["captions"])
-                return captions, f.get_tensor("codes")
-        except (SafetensorError, OSError, KeyError, ValueError) as err:
-            warnings.warn(f"{path}: unreadable code cache ({err}); encoding the images again", stacklevel=2)
+    cached = _read_code_cache(path, with_captions=True)
+    if cached is not None:
+        return cached[1], cached[0]
 
     scenes = shapes.make_scenes(split, n, seed)
     captions = [scene.caption for scene in scenes]
+    codes = _encode_all(dvae, n, lambda i, j: shapes.render_batch(scenes[i:j]), batch_size,
+                        f"dVAE codes ({split})", progress)  # (n, h, w)
+    metadata = {"captions": json.dumps(captions), "split": split, "n": str(n), "seed": str(seed), "dvae_sha256": digest}
+    _write_code_cache(path, codes, metadata)
+    return captions, codes
+
+
+def cache_folder_codes(
+    dvae: DVAE,
+    data: FolderDataset,
+    cache_dir: str | Path = CACHE_DIR,
+    batch_size: int = 250,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The argmax dVAE codes (n, h, w) of your own images (a ``FolderDataset``), computed once.
+
+    Cached like ``cache_codes``, under a name made of the data's fingerprint
+    (pixels and captions) and the dVAE's weights hash:
+    ``cache_dir/codes_folder_<data hash>_<dVAE hash>.safetensors``.
+    """
+    digest = weights_hash(dvae)
+    path = Path(cache_dir) / f"codes_folder_{data.fingerprint[:16]}_{digest[:16]}.safetensors"
+    cached = _read_code_cache(path, with_captions=False)
+    if cached is not None:
+        return cached[0]
+    codes = _encode_all(dvae, len(data), lambda i, j: data.images[i:j], batch_size, "dVAE codes (your images)",
+                        progress)  # (n, h, w)
+    _write_code_cache(path, codes, {"root": str(data.root), "n": str(len(data)), "dvae_sha256": digest})
+    return codes
+
+
+def _encode_all(dvae: DVAE, n: int, images_of: Callable[[int, int], np.ndarray], batch_size: int, desc: str,
+                progress: bool) -> torch.Tensor:
+    """Codes (n, h, w) of the uint8 images ``images_of(i, j)`` (images i … j - 1), encoded in batches."""
+    from tqdm.auto import tqdm
+
     device = next(dvae.parameters()).device
     K, h = dvae.config.vocab_size, dvae.config.grid_size
     dtype = torch.uint8 if K <= 256 else torch.int16
     codes = torch.empty((n, h, h), dtype=dtype)  # (n, h, w)
     dvae.eval()
-    for i in tqdm(range(0, n, batch_size), desc=f"dVAE codes ({split})", unit="batch", disable=not progress):
-        images = to_float_images(shapes.render_batch(scenes[i:i + batch_size])).to(device)  # (b, C, H, W)
+    for i in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
+        images = to_float_images(images_of(i, i + batch_size)).to(device)  # (b, C, H, W)
         codes[i:i + batch_size] = dvae.encode(images).cpu().to(dtype)  # (b, h, w)
-    metadata = {"captions": json.dumps(captions), "split": split, "n": str(n), "seed": str(seed), "dvae_sha256": digest}
+    return codes
+
+
+def _read_code_cache(path: Path, with_captions: bool) -> tuple[torch.Tensor, list[str] | None] | None:
+    """(codes, captions) from a cache file, or None when it is absent or unreadable (with a warning)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            captions = json.loads(f.metadata()["captions"]) if with_captions else None
+            return f.get_tensor("codes"), captions
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        warnings.warn(f"{path}: unreadable code cache ({err}); encoding the images again", stacklevel=3)
+        return None
+
+
+def _write_code_cache(path: Path, codes: torch.Tensor, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
     checkpoints._atomic_write(path, lambda tmp: save_file({"codes": codes}, tmp, metadata=metadata))
-    return captions, codes
 
 
 # ---------------------------------------------------------------------------
@@ -344,6 +401,7 @@ def train_transformer(
     threads: int | None = 2,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    data: FolderDataset | None = None,
 ) -> DalleTransformer:
     """Train the transformer on (caption, dVAE codes) pairs and keep it in ``out_dir`` (a loadable model folder).
 
@@ -355,15 +413,21 @@ def train_transformer(
     ``seed`` (``cache_codes``). ``until``: stop after this step (the schedule
     still spans ``steps``); call again with ``resume=True`` to go on.
     ``precision``: ``"auto"`` is bf16 autocast on a GPU that has it and fp32
-    on a CPU. Returns the model in eval mode.
+    on a CPU. ``data``: your own images and captions (a ``FolderDataset``)
+    instead of Shapes; ``n_images`` and ``eval_prompts`` then do not apply.
+    Under torchrun, ``batch_size`` is the global batch, split over the
+    processes. Returns the model in eval mode.
     """
-    device = device or get_device()
+    device = distributed.setup(device)  # joins the other processes when launched by torchrun
+    main = distributed.is_main()  # rank 0 (the only process outside torchrun) saves and reports
+    log, progress = (log, progress) if main else ((lambda _: None), False)
+    distributed.per_rank_batch(batch_size)  # fails early when the processes cannot share the batch
     precision = resolve_precision(precision, device) if device.startswith("cuda") or precision != "auto" else "fp32"
     out_dir = Path(out_dir)
     state_path = out_dir / checkpoints.STATE_NAME
     if device == "cpu":
         setup_cpu(threads)
-    seed_everything(seed)
+    seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
 
     # data: the tokenizer, the dVAE, and every training pair as (text ids, codes), prepared once
     tokenizer = load_tokenizer(tokenizer_path)
@@ -379,21 +443,32 @@ def train_transformer(
     if problems:
         raise ValueError("this config does not fit the tokenizer and dVAE: " + "; ".join(problems)
                          + ". Build it with train_transformer.config_for(tokenizer, dvae, preset)")
-    captions, codes = cache_codes(dvae, "train", n_images, seed, cache_dir or CACHE_DIR, progress=progress)
-    text_ids = encode_captions(tokenizer, captions, config.text_len)  # (n_images, Lt)
+    with distributed.main_first():  # under torchrun, rank 0 fills the code cache and the others read it
+        if data is None:  # Shapes: one caption per image
+            captions, codes = cache_codes(dvae, "train", n_images, seed, cache_dir or CACHE_DIR, progress=progress)
+            first, count = torch.arange(len(captions)), torch.ones(len(captions), dtype=torch.long)
+        else:  # your images: image i has captions[first[i] : first[i] + count[i]]
+            codes = cache_folder_codes(dvae, data, cache_dir or CACHE_DIR, progress=progress)
+            captions, first, count = data.caption_table()
+            n_images, eval_prompts = len(data), 0  # the grader knows only Shapes captions
+    text_ids = encode_captions(tokenizer, captions, config.text_len)  # (captions, Lt)
     codes = codes.flatten(1)  # (n_images, G·G), uint8 / int16 until a batch is drawn
-    sample_text = encode_captions(tokenizer, list(SAMPLE_PROMPTS), config.text_len)  # (P, Lt)
+    prompts = list(SAMPLE_PROMPTS) if data is None else [c[0] for c in data.captions[:len(SAMPLE_PROMPTS)]]
+    sample_text = encode_captions(tokenizer, prompts, config.text_len)  # (P, Lt)
 
     model = DalleTransformer(config).to(device)
     optimizer = make_optimizer(model, lr, weight_decay)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "n_images": n_images,
                 "dvae_sha256": weights_hash(dvae)}
+    if data is not None:
+        run_info["data_sha256"] = data.fingerprint
     step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
     run_info["precision"] = precision
     log(f"transformer: {model.num_params() / 1e6:.2f} M parameters, {len(codes)} training pairs, "
         f"device {device}, {precision}")
 
-    loss_fn = torch.compile(model.loss) if device.startswith("cuda") else model.loss
+    loss_of = distributed.wrap(model, method="loss")  # model.loss, inside DDP under torchrun
+    loss_fn = torch.compile(loss_of) if device.startswith("cuda") else loss_of
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def save(at_step: int) -> None:
@@ -429,15 +504,17 @@ def train_transformer(
         lr_now = lr_schedule(step, steps, lr, warmup_frac, lr_end_frac)
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        # 2. a random batch; ≈ 20 % of its captions become the empty caption (the torch
-        #    generator is part of the checkpoint, so a resumed run draws the same batches)
+        # 2. a random batch of images, one of each image's captions; ≈ 20 % of the captions become
+        #    the empty caption (the torch generator is part of the checkpoint, so a resumed run
+        #    draws the same batches); under torchrun every rank draws the same and keeps its shard
         idx = torch.randint(0, len(codes), (batch_size,))
-        text = drop_captions(text_ids[idx], config).to(device)  # (B, Lt)
-        target = codes[idx].long().to(device)  # (B, G·G)
+        text = drop_captions(text_ids[pick_caption_rows(idx, first, count)], config)  # (B, Lt)
+        target = codes[idx].long()  # (B, G·G)
+        text, target = distributed.shard(text).to(device), distributed.shard(target).to(device)
         # 3. forward, check, backward, clip, step
         with autocast:
             out = loss_fn(text, target)
-        if not torch.isfinite(out.loss):
+        if not distributed.all_finite(out.loss):
             raise TrainingDiverged(
                 f"loss is {out.loss.item()} at step {step}; stopped before updating the weights. "
                 f"The last good checkpoint is {state_path} (step {_saved_step(state_path)}); "
@@ -453,13 +530,14 @@ def train_transformer(
         if progress:
             bar.set_postfix({"loss": f"{out.loss.item():.3f}", "text": f"{out.text_loss.item():.3f}",
                              "image": f"{out.image_loss.item():.3f}", "lr": f"{lr_now:.1e}"}, refresh=False)
-        if done % checkpoint_every == 0 or done == last:
+        if main and (done % checkpoint_every == 0 or done == last):
             save(done)
-        if done % sample_every == 0 or done == steps:
+        if main and (done % sample_every == 0 or done == steps):
             save_samples(done)
     bar.close()
-    if last > 0 and not state_path.exists():
+    if main and last > 0 and not state_path.exists():
         save(last)
+    distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
 

@@ -248,6 +248,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def attention_weights(attn: MaskedSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """The attention probabilities of one layer, formed explicitly so that they can be looked at::
+
+        A = softmax(Q Kᵀ / √hs + M),   M[q, k] = 0 if mask[q, k] else -∞
+
+    ``x`` (B, T, d) is the layer's input (after the block's LayerNorm), T <= S.
+    Returns (B, nh, T, T); row q sums to 1 over the keys its mask allows and is
+    0 elsewhere, and ``attn(x)`` equals ``attn.proj(A V)`` with heads side by side.
+    """
+    B, T, d = x.shape
+    hs = d // attn.n_heads
+    q, k, _ = attn.qkv(x).split(d, dim=2)  # each (B, T, d)
+    q = q.view(B, T, attn.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+    k = k.view(B, T, attn.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
+    scores = scores.masked_fill(~attn.mask[:T, :T], float("-inf"))
+    return scores.softmax(dim=-1)  # (B, nh, T, T)
+
+
 class DalleTransformer(nn.Module):
     """Text and image tokens in one decoder-only transformer with DALL·E's sparse masks.
 
@@ -330,6 +349,22 @@ class DalleTransformer(nn.Module):
             raise ValueError(f"loss needs the full grid of {self.config.n_image} codes per image, got {codes.size(1)}")
         text_logits, image_logits = self(text, codes)
         return next_token_loss(text_logits, image_logits, text, codes, self.config.text_loss_weight)
+
+    @torch.no_grad()
+    def attention_maps(self, text: torch.Tensor, codes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every layer's attention probabilities over ``[text | codes]``: L × (B, nh, T, T), T = Lt + n.
+
+        Unlike ``forward``, all n <= N codes are positions here (the last one
+        included), so query position Lt + i is the one that *holds* code i.
+        """
+        codes = text.new_zeros(text.size(0), 0) if codes is None else codes.flatten(1)  # (B, n)
+        self._check_inputs(text, codes)
+        x = self.drop(torch.cat([self.embed_text(text), self.embed_image(codes)], dim=1))  # (B, T, d)
+        maps = []
+        for block in self.blocks:
+            maps.append(attention_weights(block.attn, block.ln_1(x)))  # (B, nh, T, T)
+            x = block(x)
+        return maps
 
     def new_caches(self, batch: int) -> list[KVCache]:
         """One empty KV cache per layer, on the model's device and dtype."""

@@ -102,3 +102,153 @@ def code_editor(model, codes, row: int = 3, col: int = 3, new_code: int = 0):
                     col=IntSlider(value=col, min=0, max=w - 1, description="column", continuous_update=False),
                     new_code=IntSlider(value=new_code, min=0, max=model.config.vocab_size - 1,
                                        description="new code", continuous_update=False))
+
+
+# ---------------------------------------------------------------------------
+# Lesson 3: sparse attention and the transformer
+# ---------------------------------------------------------------------------
+
+
+def mask_explorer(text_len: int = 32, grid: int = 8, kernel: int = 5, kind: str = "row", query: int | None = None):
+    """Pick a mask and a query position: see which text and image keys it may attend."""
+    from .attention import MASK_KINDS
+
+    query = text_len + 3 * grid + 4 if query is None else query
+
+    def show(kind: str, query: int):
+        viz.draw_mask_explorer(kind, query, text_len, grid, kernel)
+        plt.show()
+
+    return interact(show,
+                    kind=Dropdown(options=list(MASK_KINDS), value=kind, description="mask"),
+                    query=IntSlider(value=query, min=0, max=text_len + grid * grid - 1, description="query",
+                                    continuous_update=False))
+
+
+def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=None, mask_kinds=None,
+                       layer: int = 0, head: int | None = None, cell: tuple[int, int] = (3, 4)):
+    """Pick a layer, a head (or their mean) and a query cell: see where that query looks, on the grid and in the caption.
+
+    ``maps``: ``model.attention_maps(text, codes)`` for one example (computed once, outside).
+    """
+    n_heads = maps[0].shape[-3]
+    heads = [("mean of the heads", -1)] + [(f"head {h}", h) for h in range(n_heads)]
+
+    def show(layer: int, head: int, row: int, col: int):
+        viz.draw_attention_map(maps, layer, None if head < 0 else head, (row, col), text_len, grid, image,
+                               text_labels, mask_kinds)
+        plt.show()
+
+    return interact(show,
+                    layer=IntSlider(value=layer, min=0, max=len(maps) - 1, description="layer",
+                                    continuous_update=False),
+                    head=Dropdown(options=heads, value=-1 if head is None else head, description="head"),
+                    row=IntSlider(value=cell[0], min=0, max=grid - 1, description="row", continuous_update=False),
+                    col=IntSlider(value=cell[1], min=0, max=grid - 1, description="column",
+                                  continuous_update=False))
+
+
+def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circle in the top left", n: int = 8,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, condition_scale: float = 3.0,
+                        seed: int = 0):
+    """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``shapes.grade``.
+
+    top-k 0 and top-p 1.0 mean "off". Sampling takes a few seconds on a CPU, hence the button.
+    """
+    from ipywidgets import interact_manual
+
+    def show(prompt: str, temperature: float, top_k: int, top_p: float, condition_scale: float, seed: int):
+        viz.draw_sampling_playground(model, dvae, tokenizer, prompt, n, temperature, top_k, top_p, condition_scale,
+                                     seed)
+        plt.show()
+
+    return interact_manual(
+        show,
+        prompt=Text(value=prompt, description="prompt"),
+        temperature=FloatSlider(value=temperature, min=0.1, max=2.0, step=0.05, description="temperature"),
+        top_k=IntSlider(value=top_k, min=0, max=model.config.image_vocab_size, description="top-k"),
+        top_p=FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p"),
+        condition_scale=FloatSlider(value=condition_scale, min=0.0, max=8.0, step=0.5, description="cond. scale"),
+        seed=IntSlider(value=seed, min=0, max=999, description="seed"),
+    )
+
+
+def generation_slider(dvae, codes, fill_code: int, step: int = 32):
+    """Slide through a sampled grid as it was drawn: the first k codes decoded, the rest not drawn yet."""
+    flat = codes.flatten()
+
+    def show(k: int):
+        viz.draw_generation_strip(dvae, [flat[:k]], fill_code, scale=3.0)
+        plt.show()
+
+    return interact(show, k=IntSlider(value=step, min=0, max=len(flat), description="codes drawn",
+                                      continuous_update=False))
+
+
+# ---------------------------------------------------------------------------
+# Lesson 4: CLIP and reranking
+# ---------------------------------------------------------------------------
+
+CANDIDATE_COUNTS = (1, 2, 4, 8, 16, 32)  # N, the number of candidates, in powers of two as in the DALL·E paper
+
+
+def reranking_viewer(models, prompt: str = "a large red circle in the top left", candidates: int = 16,
+                     seed: int = 0):
+    """Type a prompt, pick N and a seed: N candidates sampled, sorted by CLIP, each graded.
+
+    ``models``: ``pipeline.load_models()``. Draws with ``viz.draw_generation``,
+    so a (prompt, N, seed) triple always shows the same images.
+    """
+
+    def show(prompt: str, candidates: int, seed: int):
+        if not prompt.strip():
+            print("type a prompt, e.g. 'a small blue square at the bottom'")
+            return
+        viz.draw_generation(models, prompt, candidates=candidates, seed=seed)
+        plt.show()
+
+    return interact(show, prompt=Text(value=prompt, description="prompt", continuous_update=False),
+                    candidates=Dropdown(options=list(CANDIDATE_COUNTS), value=candidates, description="N"),
+                    seed=IntSlider(value=seed, min=0, max=99, description="seed", continuous_update=False))
+
+
+# ---------------------------------------------------------------------------
+# Capstone (lesson 5): the prompt playground
+# ---------------------------------------------------------------------------
+
+TOP_K_OPTIONS = [("off", 0), ("8", 8), ("32", 32), ("64", 64), ("128", 128), ("256", 256)]
+
+
+def prompt_playground(models, prompt: str = "a small green square to the left of a large purple cross",
+                      candidates: int = 16, keep: int = 4, temperature: float = 1.0, top_k: int | None = None,
+                      condition_scale: float = 3.0, seed: int = 0):
+    """Every knob of ``pipeline.generate``: prompt, N, K, temperature, top-k, condition scale and seed → the best K.
+
+    Sampling takes a moment, so nothing runs until the button is pressed
+    (``interact_manual``). Draws with ``viz.draw_generation``: each kept image
+    with its CLIP score and the grader's verdict.
+    """
+    from ipywidgets import interact_manual
+
+    def show(prompt: str, candidates: int, keep: int, temperature: float, top_k: int, condition_scale: float,
+             seed: int):
+        if not prompt.strip():
+            print("type a prompt, e.g. 'a large red circle in the top left'")
+            return
+        if keep > candidates:
+            print(f"K = {keep} is more than N = {candidates}: showing all {candidates}")
+            keep = candidates
+        viz.draw_generation(models, prompt, candidates=candidates, keep=keep, seed=seed, temperature=temperature,
+                            top_k=top_k or None, condition_scale=condition_scale, cols=min(keep, 8))
+        plt.show()
+
+    return interact_manual(
+        show,
+        prompt=Text(value=prompt, description="prompt"),
+        candidates=Dropdown(options=list(CANDIDATE_COUNTS), value=candidates, description="N"),
+        keep=IntSlider(value=keep, min=1, max=16, description="K"),
+        temperature=FloatSlider(value=temperature, min=0.3, max=2.0, step=0.05, description="temperature"),
+        top_k=Dropdown(options=TOP_K_OPTIONS, value=top_k or 0, description="top-k"),
+        condition_scale=FloatSlider(value=condition_scale, min=0.0, max=8.0, step=0.5, description="cond. scale"),
+        seed=IntSlider(value=seed, min=0, max=99, description="seed"),
+    )

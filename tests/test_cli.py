@@ -1,6 +1,7 @@
-"""The command line of lessons 0–1: tokenize, render, grade, train-tokenizer, demo."""
+"""The command line of lessons 0–1 (tokenize, render, grade, train-tokenizer) and the demo."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ def test_help_lists_every_subcommand(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("demo", "tokenize", "train-tokenizer", "render", "grade"):
+    for name in ("demo", "tokenize", "train-tokenizer", "render", "grade", "generate", "evaluate"):
         assert name in out
 
 
@@ -70,13 +71,58 @@ def test_shipped_tokenizer_is_reproduced_by_its_command(tmp_path):
     assert json.loads((tmp_path / "bpe.json").read_text()) == json.loads((DATA_DIR / "tokenizer" / "bpe.json").read_text())
 
 
-def test_demo_writes_an_image_and_results_json(tmp_path, capsys):
-    assert cli.main(["demo", "a small green square at the bottom", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A stand-in for data/ holding only the shipped tokenizer, so the demo tests never see data/transformer."""
+    import dalle_mini_impl
+
+    root = tmp_path / "data"
+    (root / "tokenizer").mkdir(parents=True)
+    shutil.copy(dalle_mini_impl.DATA_DIR / "tokenizer" / "bpe.json", root / "tokenizer" / "bpe.json")
+    monkeypatch.setattr(dalle_mini_impl, "DATA_DIR", root)
+    return root
+
+
+def test_demo_without_a_transformer_renders_the_reference(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["demo", "a small green square at the bottom", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
     assert [r["prompt"] for r in results] == ["a small green square at the bottom"]
-    image = np.asarray(Image.open(tmp_path / results[0]["images"][0]).convert("RGB"))
+    image = np.asarray(Image.open(out / results[0]["images"][0]).convert("RGB"))
     assert shapes.grade(image, results[0]["prompt"]).match
-    assert "match" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "match" in printed and "generation needs the trained transformer" in printed
+
+
+def test_demo_with_a_transformer_generates_16_and_keeps_4(data_dir, tmp_path, capsys):
+    import torch
+
+    from dalle_mini_impl import checkpoints
+    from dalle_mini_impl.dvae import DVAE, DVAEConfig
+    from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig
+
+    torch.manual_seed(0)  # tiny random models: the wiring is under test, not the pictures
+    dvae_config = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
+    config = TransformerConfig(text_vocab_size=ByteLevelBPE.load(data_dir / "tokenizer" / "bpe.json").vocab_size,
+                               image_vocab_size=32, text_len=24, grid=8, d_model=32, n_heads=4, n_layers=2)
+    checkpoints.save_model(DVAE(dvae_config), dvae_config, data_dir / "dvae", "dvae")
+    checkpoints.save_model(DalleTransformer(config), config, data_dir / "transformer", "transformer")
+    out = tmp_path / "out"
+    prompt = "a small blue square to the left of a large red circle"
+    assert cli.main(["demo", prompt, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens" in printed and "reference render" in printed and "generation needs" not in printed
+    (entry,) = json.loads((out / "results.json").read_text())["results"]
+    assert entry["prompt"] == prompt and len(entry["images"]) == 4 and "clip_scores" not in entry  # no CLIP here
+    for name in entry["images"]:
+        assert Image.open(out / name).size == (64, 64)
+    assert len(list(out.glob("*_sheet.png"))) == 1
+    assert (out / f"{cli._slug(prompt)}.png").is_file()  # the reference render stays beside the samples
+
+
+def test_demo_outside_the_grammar_without_a_transformer_writes_nothing(data_dir, tmp_path, capsys):
+    assert cli.main(["demo", "a cat on a mat", "--out", str(tmp_path / "out")]) == 0
+    assert "outside the Shapes grammar" in capsys.readouterr().out and not (tmp_path / "out").exists()
 
 
 def test_demo_rejects_an_empty_prompt(tmp_path, capsys):

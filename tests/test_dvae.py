@@ -19,6 +19,7 @@ from dalle_mini_impl.dvae import (
     kl_to_uniform,
     kl_weight_at,
     logit_laplace_log_prob,
+    restart_dead_codes,
     lr_at,
     map_pixels,
     schedules,
@@ -32,7 +33,9 @@ from dalle_mini_impl.train import (
     format_report,
     load_dvae,
     make_optimizer,
+    to_float_images,
     train_dvae,
+    training_images,
 )
 
 OVERFIT_RATIO = 0.7
@@ -212,6 +215,42 @@ def test_codebook_health_measures():
     assert dead_codes(codes, 4) == 2
     assert codebook_perplexity(torch.arange(8), 8) == pytest.approx(8.0)
     assert codebook_perplexity(torch.zeros(10, dtype=torch.long), 8) == pytest.approx(1.0)
+
+
+def test_dead_codes_restart_as_copies_of_busy_codes_where_error_is_high():
+    torch.manual_seed(0)
+    model = DVAE(DVAEConfig(**TINY, res_gain=1.0))
+    optimizer = make_optimizer(model)
+    x = torch.rand(2, 3, 64, 64)
+    model(x, tau=1.0).loss.backward()
+    optimizer.step()  # Adam moments exist now
+    logits = model.encoder(map_pixels(x)).detach()  # (2, 32, 8, 8)
+    used = logits.argmax(dim=1)
+    error = torch.zeros(2, 8, 8)
+    error[1, 3, 5] = 1.0  # only one cell is badly reconstructed: every dead code copies its code
+    j = int(used[1, 3, 5])
+    dead = torch.ones(32, dtype=torch.bool)
+    dead[used.unique()] = False
+    head, book = model.encoder.to_logits[-1].weight, model.decoder.codebook.weight
+    assert restart_dead_codes(model, dead, logits, error, optimizer) == int(dead.sum()) > 0
+    k = dead.nonzero().flatten()
+    torch.testing.assert_close(head[k], head[j].expand_as(head[k]), rtol=0.05, atol=1e-6)
+    torch.testing.assert_close(book[:, k], book[:, j:j + 1].expand_as(book[:, k]), rtol=0.05, atol=1e-6)
+    assert not torch.equal(head[k[0]], head[j])  # a little noise breaks the tie
+    assert optimizer.state[book]["exp_avg"][:, k].abs().sum() == 0
+    assert optimizer.state[book]["exp_avg"][:, j].abs().sum() > 0
+    assert restart_dead_codes(model, torch.zeros(32, dtype=torch.bool), logits, error) == 0
+
+
+def test_restarts_keep_more_codes_in_play(tmp_path):
+    images = training_images(32, seed=0)  # Shapes: mostly white, where a plain run collapses onto few codes
+    x = to_float_images(images)
+    used = {}
+    for every in (0, 5):
+        model = train_dvae(DVAEConfig(**TINY, restart_every=every), steps=40, batch_size=8, images=images,
+                           out_dir=tmp_path / str(every), progress=False, log=lambda _: None, device="cpu")
+        used[every] = len(model.encode(x).unique())
+    assert used[5] >= used[0] + 5  # measured: 21 codes against 12
 
 
 def test_mse_likelihood_option():

@@ -1,0 +1,274 @@
+"""Measuring the whole pipeline (lesson 5): how often do the images show what the caption says?
+
+Scope. The capstone's fidelity measurement, in the spirit of Ramesh et al.
+2021 (§3.2, Fig. 6: more candidates, reranked by CLIP, give better images),
+with the exact Shapes grader in place of human judges. For each of
+``n_prompts`` held-out captions::
+
+    caption ─▶ sample N candidates ─▶ grade every one with shapes.grade
+            ─▶ score every one with CLIP against the caption ─▶ rank, best first
+
+and three numbers per caption, averaged over the captions:
+
+* ``random``: the mean match over all N candidates, i.e. what one sample
+  without reranking shows on average;
+* ``top1``: whether the candidate CLIP ranks first matches;
+* ``any_of_top_k``: whether any of the K best-ranked candidates matches (what
+  a user looking at the K images ``generate`` keeps would find).
+
+Reported overall, for one- and two-object captions, and per attribute: for each
+check of ``shapes.CHECKS`` (count, colour, shape, size, position, relation),
+among the captions that state it, how often that check passes for a random
+candidate, for the CLIP top-1 and for any of the top K. The ranking is always
+by the whole caption; it is not redone per attribute.
+
+Splits. ``seen`` is the Shapes ``test`` split: new scenes, but colour–shape
+pairs the models saw in training. ``compositional`` uses the five held-out
+pairs ("a green triangle", ...), which no training caption ever mentions. The
+raw split names (``test``, ``compositional``, also ``train``, ``val``) are
+accepted too. Captions come from ``shapes.make_scenes(split, n_prompts, seed)``.
+
+Reproducibility: one ``torch.Generator`` seeded with ``seed`` draws all the
+samples, ``prompts_per_batch`` captions (P·N rows) per sampling call, so a
+report is a function of the models, the split, ``n_prompts``, ``candidates``,
+``seed``, the sampling settings and ``prompts_per_batch``. (The images differ
+from those of ``pipeline.generate``, which seeds each prompt on its own.)
+
+Without a CLIP model no ranking exists: top-1 is the first sample and top-K
+the first K, in sampling order, and the report says ``"reranked": false``.
+
+Letters used in shape comments: P prompts per sampling call, N candidates, K
+kept, B = P·N rows, Lt text length, H, W, C image height, width and channels.
+
+Does not handle: prompts outside the Shapes grammar (they cannot be graded;
+use ``shapes.make_scenes`` captions), confidence intervals (with 200 captions
+a rate is good to about ±3.5 points), or other scorers than CLIP's cosine
+similarity (a ``scorer`` function can be passed in; tests pass a perfect one).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import shapes
+from .pipeline import Models
+from .train_transformer import sample_images
+from .transformer import encode_captions
+
+# the course's names for the two measured splits -> the Shapes split they read
+SPLIT_NAMES = {"seen": "test", "compositional": "compositional"}
+
+# A scorer rates image b against caption b: (captions (B,), uint8 images (B, H, W, C)) -> scores (B,), higher is better.
+Scorer = Callable[[Sequence[str], np.ndarray], np.ndarray]
+
+ROWS = ("random", "top1", "any_of_top_k")  # the three numbers of every row of a report
+
+
+def resolve_split(split: str) -> tuple[str, str]:
+    """A split name -> (the name to report, the Shapes split it reads); ``ValueError`` for an unknown name.
+
+    Example: "seen" -> ("seen", "test"); "test" -> ("seen", "test"); "val" -> ("val", "val").
+    """
+    if split in SPLIT_NAMES:
+        return split, SPLIT_NAMES[split]
+    if split in shapes.SPLITS:
+        named = {raw: name for name, raw in SPLIT_NAMES.items()}
+        return named.get(split, split), split
+    raise ValueError(f"unknown split {split!r}: there are no Shapes captions to draw and grade for it. "
+                     f"Use {' or '.join(SPLIT_NAMES)} (or a Shapes split: {', '.join(shapes.SPLITS)}; "
+                     "seen = the Shapes 'test' split)")
+
+
+def clip_scorer(model: torch.nn.Module, tokenizer) -> Scorer:
+    """A ``Scorer`` that gives the cosine similarity v · t of CLIP's unit image and caption vectors, in [-1, 1].
+
+    The same score as ``clip.rerank``; each distinct caption is encoded once.
+    """
+    from .clip import encode_images_batched, encode_texts  # lesson 4, imported only when reranking
+
+    def score(captions: Sequence[str], images: np.ndarray) -> np.ndarray:
+        unique = list(dict.fromkeys(captions))  # caption -> its row in t, first-seen order
+        t = encode_texts(model, tokenizer, unique)  # (U, E)
+        row = torch.tensor([unique.index(c) for c in captions], device=t.device)  # (B,)
+        v = encode_images_batched(model, images)  # (B, E)
+        return (v * t[row]).sum(dim=-1).cpu().numpy().astype(np.float32)  # (B,): v_b · t_caption(b)
+
+    return score
+
+
+def ranking(scores: np.ndarray | None, n: int) -> np.ndarray:
+    """Candidate indices, best first: by descending score, ties in sampling order; sampling order without scores.
+
+    Example: [0.1, 0.7, 0.7, 0.3] -> [1, 2, 3, 0]; None, 3 -> [0, 1, 2].
+    """
+    if scores is None:
+        return np.arange(n)
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def _rate(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _row(outcomes: list[tuple[np.ndarray, np.ndarray]], keep: int) -> dict:
+    """One row of a report from (passes (N,) bool, ranking (N,)) per caption: the three rates and the count."""
+    return {
+        "random": _rate([passes.mean() for passes, _ in outcomes]),
+        "top1": _rate([passes[order[0]] for passes, order in outcomes]),
+        "any_of_top_k": _rate([passes[order[:keep]].any() for passes, order in outcomes]),
+        "n": len(outcomes),
+    }
+
+
+@torch.no_grad()
+def evaluate_pipeline(
+    models: Models,
+    split: str = "seen",
+    n_prompts: int = 200,
+    candidates: int = 16,
+    keep: int = 4,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    condition_scale: float = 3.0,
+    prompts_per_batch: int = 4,
+    progress: bool = True,
+    scorer: Scorer | None = None,
+) -> dict:
+    """Sample ``candidates`` images for each of ``n_prompts`` captions of ``split``, grade and rank them.
+
+    ``scorer`` ranks the candidates; by default CLIP's cosine similarity
+    (``clip_scorer``) when ``models.clip`` exists, else none (sampling order).
+    Returns::
+
+        {"split": "seen", "shapes_split": "test", "n": 200, "candidates": 16, "keep": 4, "seed": 0,
+         "reranked": True, "sampling": {"temperature", "top_k", "top_p", "condition_scale", "prompts_per_batch"},
+         "overall":      {"random": rate, "top1": rate, "any_of_top_k": rate, "n": captions},
+         "by_objects":   {1: row, 2: row},
+         "by_attribute": {check: row among the captions that state it, for each of shapes.CHECKS},
+         "prompts":      [{"caption", "objects", "matches": [bool] * N, "scores": [float] * N or None,
+                           "ranking": candidate indices, best first}, ...]}
+
+    A rate is None when no caption counts towards it (e.g. "relation" among
+    one-object captions only).
+    """
+    name, shapes_split = resolve_split(split)
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    if not 1 <= keep <= candidates:
+        raise ValueError(f"keep must be between 1 and candidates ({candidates}), got {keep}")
+    if prompts_per_batch < 1:
+        raise ValueError(f"prompts_per_batch must be at least 1, got {prompts_per_batch}")
+    from tqdm.auto import tqdm
+
+    transformer, dvae = models.transformer.eval(), models.dvae.eval()
+    device = transformer.image_head.weight.device
+    dvae.to(device)
+    if scorer is None and models.clip is not None:
+        scorer = clip_scorer(models.clip.to(device).eval(), models.tokenizer)
+
+    scenes = shapes.make_scenes(shapes_split, n_prompts, seed)
+    captions = [scene.caption for scene in scenes]
+    text = encode_captions(models.tokenizer, captions, transformer.config.text_len)  # (n, Lt)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    records = []  # per caption: {"caption", "objects", "matches", "scores", "ranking"}
+    checks = []  # per caption: {check: passes (N,) bool} for the checks its caption states
+    bar = tqdm(total=n_prompts, desc=f"evaluating ({name})", unit="caption", disable=not progress)
+    for start in range(0, n_prompts, prompts_per_batch):
+        batch = captions[start:start + prompts_per_batch]  # P captions
+        rows = text[start:start + len(batch)].repeat_interleave(candidates, dim=0)  # (B, Lt): N rows per caption
+        images, _ = sample_images(transformer, dvae, rows, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  condition_scale=condition_scale, generator=generator)  # (B, H, W, C) uint8
+        row_captions = [c for c in batch for _ in range(candidates)]  # (B,), caption of each row
+        scores = None if scorer is None else np.asarray(scorer(row_captions, images), dtype=np.float32)  # (B,)
+        for p, caption in enumerate(batch):
+            own = slice(p * candidates, (p + 1) * candidates)  # this caption's N rows
+            grades = [shapes.grade(image, caption) for image in images[own]]
+            own_scores = None if scores is None else scores[own]  # (N,)
+            records.append({
+                "caption": caption,
+                "objects": len(scenes[start + p].objects),
+                "matches": [g.match for g in grades],
+                "scores": None if own_scores is None else [float(s) for s in own_scores],
+                "ranking": [int(i) for i in ranking(own_scores, candidates)],
+            })
+            stated = [c for c in shapes.CHECKS if grades[0].checks[c] is not None]  # depends on the caption only
+            checks.append({c: np.array([bool(g.checks[c]) for g in grades]) for c in stated})
+        bar.update(len(batch))
+    bar.close()
+
+    outcomes = [(np.array(r["matches"]), np.array(r["ranking"])) for r in records]
+    return {
+        "split": name,
+        "shapes_split": shapes_split,
+        "n": len(records),
+        "candidates": candidates,
+        "keep": keep,
+        "seed": seed,
+        "reranked": scorer is not None,
+        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                     "condition_scale": condition_scale, "prompts_per_batch": prompts_per_batch},
+        "overall": _row(outcomes, keep),
+        "by_objects": {k: _row([o for o, r in zip(outcomes, records) if r["objects"] == k], keep) for k in (1, 2)},
+        "by_attribute": {c: _row([(passes[c], o[1]) for passes, o in zip(checks, outcomes) if c in passes], keep)
+                         for c in shapes.CHECKS},
+        "prompts": records,
+    }
+
+
+def evaluate_splits(models: Models, splits: Sequence[str] = ("seen", "compositional"), **kwargs) -> dict[str, dict]:
+    """``evaluate_pipeline`` on each split with the same settings: {split name: report}, in the order given."""
+    return {resolve_split(split)[0]: evaluate_pipeline(models, split, **kwargs) for split in splits}
+
+
+def format_evaluation(report: dict) -> str:
+    """A report as an aligned plain-text table: rows all / 1 object / 2 objects / each attribute.
+
+    Example (the figures are made up)::
+
+        seen captions (Shapes 'test' split): 200 captions, 16 candidates each, reranked by CLIP
+        sampling: temperature 1.0, top-k none, top-p none, condition scale 3.0, seed 0
+
+                           captions   random   CLIP top-1   any of top 4
+        all                     200    31.2%        44.5%          63.0%
+        1 object                 97    ...
+    """
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    def optional(v) -> str:
+        return "none" if v is None else f"{v}"
+
+    s, k = report["sampling"], report["keep"]
+    top1 = "CLIP top-1" if report["reranked"] else "first sample"
+    topk = f"any of top {k}" if report["reranked"] else f"any of first {k}"
+    ranked = "reranked by CLIP" if report["reranked"] else "not reranked (no CLIP model: sampling order)"
+    lines = [
+        f"{report['split']} captions (Shapes {report['shapes_split']!r} split): {report['n']} captions, "
+        f"{report['candidates']} candidates each, {ranked}",
+        f"sampling: temperature {s['temperature']}, top-k {optional(s['top_k'])}, top-p {optional(s['top_p'])}, "
+        f"condition scale {s['condition_scale']}, seed {report['seed']}",
+        "",
+    ]
+    by_objects = {int(n): row for n, row in report["by_objects"].items()}  # int keys, also after a JSON round trip
+    table = [("all", report["overall"])]
+    table += [(f"{n} object{'s' if n > 1 else ''}", by_objects[n]) for n in sorted(by_objects)]
+    table += [(f"  {check}", row) for check, row in report["by_attribute"].items()]
+    header = ("", "captions", "random", top1, topk)
+    cells = [header] + [(label, str(row["n"]), *(pct(row[r]) for r in ROWS)) for label, row in table]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    first_attribute = 2 + len(by_objects)  # the header, "all", then one row per number of objects
+    for i, cell in enumerate(cells):
+        if i == first_attribute:
+            lines.append("per attribute (the check passes):")
+        first = cell[0].ljust(widths[0])
+        lines.append("   ".join([first] + [c.rjust(w) for c, w in zip(cell[1:], widths[1:])]).rstrip())
+    return "\n".join(lines)
