@@ -178,7 +178,10 @@ def _config_overrides(pairs: list[str], config_cls) -> dict:
         if not sep or key not in defaults:
             raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(defaults)}")
         kind = type(defaults[key])
-        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        if defaults[key] is None:  # an optional number, such as res_gain: "none" keeps the default
+            out[key] = None if value.lower() == "none" else float(value)
+        else:
+            out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
 
 
@@ -627,8 +630,32 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="copy a model folder with its weights in half precision (how data/ ships)")
+    p.add_argument("src", type=Path, help="a model folder: config.json + model.safetensors (e.g. runs/dvae)")
+    p.add_argument("dst", type=Path, help="where to write the copy (e.g. data/dvae)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="how the floating-point weights are stored (default: float16)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import CheckpointError, export_model
+
+    try:
+        out = export_model(args.src, args.dst, getattr(torch, args.dtype))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = (out / "model.safetensors").stat().st_size
+    print(f"{args.src} -> {out} ({args.dtype} weights, {size / 1e6:.1f} MB)")
+    return 0
+
+
 COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct,
-            add_train_transformer, add_generate, add_train_clip, add_train_all, add_evaluate]
+            add_train_transformer, add_generate, add_train_clip, add_train_all, add_evaluate, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,3 +142,22 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
         checkpoints.save_model(model, TINY, tmp_path, "dvae")
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temp file left behind
+
+
+def test_export_halves_the_file_and_loads_to_nearly_the_same_model(tmp_path):
+    from dalle_mini_impl.cli import main
+    from dalle_mini_impl.dvae import DVAE, DVAEConfig
+    from dalle_mini_impl.train import load_dvae
+
+    torch.manual_seed(0)
+    config = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
+    model = DVAE(config).eval()
+    checkpoints.save_model(model, config, tmp_path / "full", "dvae")
+    assert main(["export", str(tmp_path / "full"), str(tmp_path / "half")]) == 0
+    full, half = (tmp_path / p / "model.safetensors" for p in ("full", "half"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_dvae(tmp_path / "half", device="cpu")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # cast back on loading
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.decode(model.encode(x)), model.decode(model.encode(x)), atol=2e-3, rtol=0)
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2

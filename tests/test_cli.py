@@ -128,3 +128,14 @@ def test_demo_outside_the_grammar_without_a_transformer_writes_nothing(data_dir,
 def test_demo_rejects_an_empty_prompt(tmp_path, capsys):
     assert cli.main(["demo", "   ", "--out", str(tmp_path)]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_set_overrides_are_typed_like_the_config_fields():
+    from dalle_mini_impl.cli import _config_overrides
+    from dalle_mini_impl.dvae import DVAEConfig
+
+    got = _config_overrides(["dec_width=64", "res_gain=1.0", "hard=true", "lr=2e-3"], DVAEConfig)
+    assert got == {"dec_width": 64, "res_gain": 1.0, "hard": True, "lr": 2e-3}
+    assert _config_overrides(["res_gain=none"], DVAEConfig) == {"res_gain": None}
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        _config_overrides(["no_such_field=1"], DVAEConfig)
