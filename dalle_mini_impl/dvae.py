@@ -347,9 +347,7 @@ class Encoder(nn.Module):
         x = self.stem(x)  # (B, N, H, W)
         x = self.groups(x)  # (B, N·2^(G-1), h, w)
         with full_precision(x):  # logits feed a softmax at τ = 1/16: keep them fp32 under autocast
-            features = self.to_logits[:-1](x.float())  # (B, N', h, w): what the logits conv reads
-            self.last_features = features.detach()  # kept for dead-code restarts
-            return self.to_logits[-1](features)  # (B, K, h, w)
+            return self.to_logits(x.float())  # (B, K, h, w)
 
 
 class Decoder(nn.Module):
@@ -498,55 +496,37 @@ class DVAE(nn.Module):
 def restart_dead_codes(
     model: DVAE, dead: torch.Tensor, logits: torch.Tensor, cell_error: torch.Tensor,
     optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
-    features: torch.Tensor | None = None, margin: float | None = None,
 ) -> int:
-    """Give each unused code a second life, as a split of a busy code where reconstruction is worst.
+    """Give each unused code a second life as a near copy of a busy code, where reconstruction is worst.
 
     A code the encoder never picks gets almost no gradient (its softmax
     probability is tiny), so once the encoder settles on a few codes the rest
     stay dead. For each dead code k: draw a cell of the batch with probability
-    proportional to its reconstruction error ``cell_error`` (B, h, w), and take
-    the code j that cell uses now. Code k's column of the codebook becomes a
-    copy of j's, so the decoder draws k as it drew j; code k's row of the
-    logits conv becomes j's row plus ``margin · f / |f|²``, with f the
-    features of the chosen cell (``features`` (B, N', h, w), what the logits
-    conv reads), so k now wins that cell by ``margin`` (by default half of
-    j's lead over the runner-up there) and the cells whose features point the
-    same way, and j keeps the others: j's cells are split
-    along a direction of the data, as k-means grows clusters. Without
-    ``features``, k's row is j's with 1% noise (a random split). Adam moments
-    of the new rows and columns are zeroed. ``dead``: bool (K,).
-    Returns the number of codes restarted.
+    proportional to its reconstruction error ``cell_error`` (B, h, w), take the
+    code j that cell uses now, and set code k's row of the logits conv and its
+    column of the codebook to j's plus 1% noise (their Adam moments to zero).
+    k and j now tie wherever j wins; training splits the cells between them,
+    which is how k-means grows clusters (LBG splitting). Returns the number of
+    codes restarted. ``dead``: bool (K,).
     """
     dead_ids = dead.nonzero().flatten()
     if len(dead_ids) == 0:
         return 0
     weights = cell_error.flatten().float().clamp_min(0) + 1e-12  # (B·h·w,)
     cells = torch.multinomial(weights.cpu(), len(dead_ids), replacement=True, generator=generator)
-    head = model.encoder.to_logits[-1]  # Conv2d(N', K, 1): row k scores code k
+    busy = logits.argmax(dim=1).flatten().cpu()[cells]  # (n_dead,): the code each chosen cell uses now
+    head = model.encoder.to_logits[-1]  # Conv2d(N, K, 1): row k scores code k
     book = model.decoder.codebook  # Conv2d(K, D, 1): column k is code k's vector
-    device = head.weight.device
-    busy = logits.argmax(dim=1).flatten()[cells.to(logits.device)].to(device)  # (n_dead,): code of each chosen cell
-    k, j = dead_ids.to(device), busy
-    if features is not None:
-        f = features.float().permute(0, 2, 3, 1).flatten(0, 2)[cells.to(features.device)].to(device)  # (n_dead, N')
-        if margin is None:  # half of j's lead over the runner-up, at each chosen cell
-            top2 = logits.permute(0, 2, 3, 1).flatten(0, 2)[cells.to(logits.device)].topk(2, dim=1).values
-            gap = (0.5 * (top2[:, 0] - top2[:, 1])).clamp_min(1e-3).to(device)[:, None]  # (n_dead, 1)
-        else:
-            gap = margin
-        step = gap * f / f.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)  # w·f rises by the margin
-        head.weight[k] = head.weight[j] + step[:, :, None, None]
-    else:
-        head.weight[k] = head.weight[j] * (1 + 0.01 * torch.randn_like(head.weight[j]))
-    book.weight[:, k] = book.weight[:, j]
+    k, j = dead_ids.to(head.weight.device), busy.to(head.weight.device)
+    head.weight[k] = head.weight[j] * (1 + 0.01 * torch.randn_like(head.weight[j]))
+    book.weight[:, k] = book.weight[:, j] * (1 + 0.01 * torch.randn_like(book.weight[:, j]))
     if head.bias is not None:
         head.bias[k] = head.bias[j]
     if optimizer is not None:
-        for p, dim in ((head.weight, 0), (book.weight, 1)) + (((head.bias, 0),) if head.bias is not None else ()):
+        for p, index, dim in ((head.weight, k, 0), (book.weight, k, 1)) + (((head.bias, k, 0),) if head.bias is not None else ()):
             for moment in ("exp_avg", "exp_avg_sq"):
                 if moment in optimizer.state.get(p, {}):
-                    optimizer.state[p][moment].index_fill_(dim, k, 0.0)
+                    optimizer.state[p][moment].index_fill_(dim, index, 0.0)
     return len(dead_ids)
 
 

@@ -241,8 +241,7 @@ def train_dvae(
                 # (under torchrun: every rank's usage and cells, so that all ranks restart the same codes)
                 restarts += restart_dead_codes(model, distributed.all_sum(usage) == 0,
                                                distributed.all_gather(out.logits.detach()),
-                                               distributed.all_gather(cell_error), optimizer,
-                                               features=distributed.all_gather(model.encoder.last_features))
+                                               distributed.all_gather(cell_error), optimizer)
                 usage.zero_()
         # 4. report, checkpoint, picture
         done = step + 1

@@ -242,33 +242,6 @@ def test_dead_codes_restart_as_copies_of_busy_codes_where_error_is_high():
     assert restart_dead_codes(model, torch.zeros(32, dtype=torch.bool), logits, error) == 0
 
 
-def test_a_directed_restart_wins_the_chosen_cell_by_the_margin():
-    torch.manual_seed(0)
-    model = DVAE(DVAEConfig(**TINY, res_gain=1.0))  # training mode: the BatchNorm centres features over the batch
-    x = to_float_images(training_images(4, seed=0))  # background cells and object cells
-    with torch.no_grad():
-        logits = model.encoder(map_pixels(x))  # (2, 32, 8, 8)
-    features = model.encoder.last_features  # (2, N', 8, 8)
-    error = torch.zeros(4, 8, 8)
-    error[0, 2, 6] = 1.0
-    j = int(logits[0, :, 2, 6].argmax())
-    dead = torch.zeros(32, dtype=torch.bool)
-    k = (j + 1) % 32
-    dead[k] = True
-    restart_dead_codes(model, dead, logits, error, features=features, margin=1.0)
-    with torch.no_grad():
-        after = model.encoder(map_pixels(x))
-    assert float(after[0, k, 2, 6] - after[0, j, 2, 6]) == pytest.approx(1.0, abs=1e-4)  # k takes the cell
-    assert after[0, :, 2, 6].argmax() == k
-    torch.testing.assert_close(model.decoder.codebook.weight[:, k], model.decoder.codebook.weight[:, j])
-    # everywhere, k beats j by margin · (f · f_chosen) / |f_chosen|²: it takes the cells that look like the
-    # chosen one, and loses to j (by as much) on the cells that look the other way
-    chosen = features[0, :, 2, 6]
-    alignment = (features * chosen[None, :, None, None]).sum(dim=1) / chosen.pow(2).sum()  # (4, 8, 8)
-    torch.testing.assert_close(after[:, k] - after[:, j], alignment, atol=1e-4, rtol=1e-4)
-    assert (alignment < 0).any()
-
-
 def test_restarts_keep_more_codes_in_play(tmp_path):
     images = training_images(32, seed=0)  # Shapes: mostly white, where a plain run collapses onto few codes
     x = to_float_images(images)
