@@ -151,8 +151,8 @@ def run_grade(args: argparse.Namespace) -> int:
 def add_train_dvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-dvae", help="train the discrete VAE (images <-> 8x8 codes) on Shapes images")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=6000,
-                   help="optimizer steps; the schedules span them (default: 6000)")
+    p.add_argument("--steps", type=_positive_int, default=3500,
+                   help="optimizer steps; the schedules span them (default: 3500)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images per step (under torchrun: in all, split over the processes)")
     p.add_argument("--seed", type=int, default=0)
@@ -171,17 +171,19 @@ def _config_overrides(pairs: list[str], config_cls) -> dict:
     """``["lr=0.001", "hard=true"]`` -> ``{"lr": 0.001, "hard": True}``, typed like the config's defaults."""
     import dataclasses
 
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in defaults:
-            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(defaults)}")
-        kind = type(defaults[key])
-        if defaults[key] is None:  # an optional number, such as res_gain: "none" keeps the default
-            out[key] = None if value.lower() == "none" else float(value)
+        if not sep or key not in fields:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default, optional = fields[key].default, "None" in str(fields[key].type)
+        if optional and value.lower() == "none":  # an optional field such as res_gain: None is its other choice
+            out[key] = None
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
         else:
-            out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            out[key] = float(value) if default is None else type(default)(value)
     return out
 
 

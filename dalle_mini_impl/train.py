@@ -135,7 +135,7 @@ def make_optimizer(model: DVAE) -> torch.optim.AdamW:
 
 def train_dvae(
     config: DVAEConfig | None = None,
-    steps: int = 6000,
+    steps: int = 3500,
     batch_size: int = 32,
     seed: int = 0,
     out_dir: str | Path = "runs/dvae",

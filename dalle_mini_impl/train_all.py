@@ -67,7 +67,7 @@ class RunPlan:
     seed: int = 0
     tokenizer_captions: int = 50_000  # Shapes training captions the tokenizer learns from (your data: all its captions)
     vocab_size: int = 512 + 3  # 3 specials + 256 bytes + up to 256 merges
-    dvae_steps: int = 6000
+    dvae_steps: int = 3500
     dvae_batch_size: int = 32
     dvae_images: int = 60_000  # Shapes training images, rendered once
     transformer_steps: int = 4000

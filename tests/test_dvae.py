@@ -247,7 +247,7 @@ def test_restarts_keep_more_codes_in_play(tmp_path):
     x = to_float_images(images)
     used = {}
     for every in (0, 5):
-        model = train_dvae(DVAEConfig(**TINY, restart_every=every), steps=40, batch_size=8, images=images,
+        model = train_dvae(DVAEConfig(**TINY, res_gain=None, restart_every=every), steps=40, batch_size=8, images=images,
                            out_dir=tmp_path / str(every), progress=False, log=lambda _: None, device="cpu")
         used[every] = len(model.encode(x).unique())
     assert used[5] >= used[0] + 5  # measured: 21 codes against 12
@@ -323,17 +323,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 # --- the shipped model ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped dVAE grades 38% (codebook collapse: 21 codes in use); "
-                   "the 95% bar is open work — remove this mark when a model that meets it ships")
-def test_shipped_model_reconstructions_are_graded_correct():
+@pytest.fixture(scope="module")
+def shipped_report():
     model_dir = DATA_DIR / "dvae"
     if not (model_dir / checkpoints.WEIGHTS_NAME).exists():
         pytest.skip(f"no shipped dVAE in {model_dir} (train one with `dalle-mini-impl train-dvae`)")
-    model = load_dvae(model_dir, device="cpu")
-    report = evaluate_reconstructions(model, n_per_split=300, seed=0)  # 600 held-out images
+    torch.set_num_threads(1)
+    report = evaluate_reconstructions(load_dvae(model_dir, device="cpu"), n_per_split=300, seed=0)  # 600 images
     print(format_report(report))
     assert report["n"] == 600
-    assert report["match"] >= 0.95, format_report(report)
+    return report
+
+
+def test_shipped_model_keeps_its_measured_quality(shipped_report):
+    # data/dvae/README.md: 78.3% of 1000 held-out images (81.2% test, 75.4% compositional), PSNR 25.1 dB
+    assert shipped_report["match"] >= 0.75, format_report(shipped_report)
+    assert shipped_report["psnr"] >= 24.5
+    assert shipped_report["dead_codes"] <= 512 - 60  # at least 60 codes in use (79 measured)
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped dVAE grades 78% (rounded corners: crosses and diamonds are "
+                   "read as other shapes); the 95% bar is open work — remove this mark when a model that meets it ships")
+def test_shipped_model_reconstructions_are_graded_correct(shipped_report):
+    assert shipped_report["match"] >= 0.95, format_report(shipped_report)
 
 
 def test_reconstruct_cli_writes_pngs_with_the_same_names(tmp_path):
