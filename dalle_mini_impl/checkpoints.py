@@ -175,16 +175,17 @@ def export_model(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.fl
     Half precision halves the file (how the course keeps every shipped model
     in ``data/`` small); loading casts the weights back to the model's fp32
     parameters, so nothing else changes but a rounding of each weight (a
-    relative error below 1e-3 for float16). Integer tensors are kept as they are.
+    relative error below 1e-3 for float16). Integer tensors are kept as they are;
+    the folder's JSON files (``config.json``, a ``training.json``) are copied.
     """
     src, dst = Path(src), Path(dst)
     if not (src / CONFIG_NAME).is_file():
         raise CheckpointError(f"{src}: no {CONFIG_NAME}; expected a model folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
     tensors, metadata = _read_safetensors(src / WEIGHTS_NAME)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    config_text = (src / CONFIG_NAME).read_text()
     _atomic_write(dst / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _write_text(dst / CONFIG_NAME, config_text)
+    for info in sorted(src.glob("*.json")):  # config.json, and what a loop recorded (a transformer's training.json)
+        _write_text(dst / info.name, info.read_text())
     return dst
 
 

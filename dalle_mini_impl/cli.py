@@ -292,8 +292,8 @@ def _probability(text: str) -> float:
 def add_train_transformer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-transformer", help="train the transformer (captions -> dVAE codes) on Shapes")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=4000,
-                   help="optimizer steps; the learning-rate schedule spans them (default: 4000)")
+    p.add_argument("--steps", type=_positive_int, default=3000,
+                   help="optimizer steps; the learning-rate schedule spans them (default: 3000)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dvae", type=Path, default=None, help="the dVAE whose codes it learns (default: data/dvae)")
@@ -309,7 +309,7 @@ def add_train_transformer(sub: argparse._SubParsersAction) -> None:
                    help="test and compositional captions graded after training, each; up to 32 of them also at "
                         "every sample PNG during training (default: 200; 0 skips)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on a GPU that has it, fp32 on a CPU")
+                   help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
     p.set_defaults(func=run_train_transformer, parser=p)
 

@@ -48,8 +48,8 @@ paper's choice is one setting away):
     high learning rate grows until all cells pick the same few codes;
   * a 10× larger learning rate, warm-up + cosine decay (the paper: 1e-4);
   * the logits head and the output head run in fp32 under bf16 autocast;
-  * an optional "diversity" term on the batch-average code usage
-    (``diversity_weight``, off by default; see ``usage_kl_to_uniform``).
+  * a "diversity" term on the batch-average code usage (``diversity_weight``,
+    0.1 in the ``cpu`` preset, 0 in the dataclass; see ``usage_kl_to_uniform``).
 
 Does not handle: images of another size than ``config.image_size`` (resize
 first), the paper's mixed-precision gradient scaling per resblock, the
@@ -110,7 +110,9 @@ class DVAEConfig:
     #                           the batch removes that component (measured: 65 codes in use at step 150
     #                           instead of 7 at step 500). The paper's far smaller lr hides the problem.
     diversity_weight: float = 0.0  # weight of KL(batch-average q ‖ uniform), not in the paper (0 = off):
-    #                                  pushes the encoder to spread cells over many codes
+    #                                  pushes the encoder to spread cells over many codes (the cpu preset:
+    #                                  0.1: in the same 3500-step run, 285 codes in use instead of 79 and
+    #                                  88% of reconstructions graded correct instead of 78%; data/dvae/README.md)
     restart_every: int = 100  # every this many steps, codes unused since the last restart are re-seeded as
     #                            copies of the codes of badly reconstructed cells (0 = off, not in the
     #                            paper; see ``restart_dead_codes``)
@@ -143,7 +145,7 @@ class DVAEConfig:
     def preset(cls, name: str = "cpu", **overrides) -> DVAEConfig:
         """``cpu``: 3500 steps train in ~35 min on one CPU core. ``gpu``: wider, deeper, for a GPU."""
         presets = {
-            "cpu": {},
+            "cpu": {"diversity_weight": 0.1},
             "gpu": {"enc_width": 64, "dec_width": 128, "codebook_dim": 256, "blocks_per_group": 2, "lr": 5e-4},
         }
         if name not in presets:

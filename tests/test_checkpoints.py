@@ -153,7 +153,10 @@ def test_export_halves_the_file_and_loads_to_nearly_the_same_model(tmp_path):
     config = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
     model = DVAE(config).eval()
     checkpoints.save_model(model, config, tmp_path / "full", "dvae")
+    (tmp_path / "full" / "training.json").write_text('{"steps": 3}')  # what a loop recorded travels along
     assert main(["export", str(tmp_path / "full"), str(tmp_path / "half")]) == 0
+    assert (tmp_path / "half" / "training.json").read_text() == '{"steps": 3}'
+    assert (tmp_path / "half" / "config.json").read_text() == (tmp_path / "full" / "config.json").read_text()
     full, half = (tmp_path / p / "model.safetensors" for p in ("full", "half"))
     assert half.stat().st_size < 0.6 * full.stat().st_size
     loaded = load_dvae(tmp_path / "half", device="cpu")

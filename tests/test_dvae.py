@@ -336,13 +336,13 @@ def shipped_report():
 
 
 def test_shipped_model_keeps_its_measured_quality(shipped_report):
-    # data/dvae/README.md: 78.3% of 1000 held-out images (81.2% test, 75.4% compositional), PSNR 25.1 dB
-    assert shipped_report["match"] >= 0.75, format_report(shipped_report)
-    assert shipped_report["psnr"] >= 24.5
-    assert shipped_report["dead_codes"] <= 512 - 60  # at least 60 codes in use (79 measured)
+    # data/dvae/README.md: 88.2% of 1000 held-out images (94.2% test, 82.2% compositional), PSNR 27.5 dB
+    assert shipped_report["match"] >= 0.85, format_report(shipped_report)
+    assert shipped_report["psnr"] >= 27.0
+    assert shipped_report["dead_codes"] <= 512 - 250  # at least 250 codes in use (285 measured on 1000 images)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped dVAE grades 78% (rounded corners: crosses and diamonds are "
+@pytest.mark.xfail(strict=True, reason="the shipped dVAE grades 88% (rounded corners: small crosses and diamonds are "
                    "read as other shapes); the 95% bar is open work — remove this mark when a model that meets it ships")
 def test_shipped_model_reconstructions_are_graded_correct(shipped_report):
     assert shipped_report["match"] >= 0.95, format_report(shipped_report)

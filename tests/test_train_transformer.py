@@ -206,3 +206,43 @@ def test_evaluate_samples_reports_every_rate(tokenizer, dvae_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "graded match of samples" in tt.format_sample_report(report)
+
+
+# --- the shipped model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from dalle_mini_impl import DATA_DIR
+
+    model_dir = DATA_DIR / "transformer"
+    if not (model_dir / checkpoints.WEIGHTS_NAME).exists():
+        pytest.skip(f"no shipped transformer in {model_dir} (train one with `dalle-mini-impl train-transformer`)")
+    torch.set_num_threads(1)
+    return tt.load_transformer(model_dir, device="cpu"), tt.load_dvae(DATA_DIR / "dvae", device="cpu"), model_dir
+
+
+def test_shipped_transformer_was_trained_on_the_shipped_dvae(shipped):
+    # a transformer learns one dVAE's codebook: the codes of other weights decode to noise
+    model, dvae, model_dir = shipped
+    assert tt.training_info(model_dir)["dvae_sha256"] == tt.weights_hash(dvae)
+
+
+@pytest.fixture(scope="module")
+def shipped_sample_report(shipped, tokenizer):
+    model, dvae, _ = shipped
+    report = tt.evaluate_samples(model, dvae, tokenizer, "test", n_prompts=100, seed=0)
+    print(tt.format_sample_report(report))
+    return report
+
+
+def test_shipped_transformer_keeps_its_measured_fidelity(shipped_sample_report):
+    # data/transformer/README.md: one sample per caption, condition scale 3, graded by shapes.grade
+    assert shipped_sample_report["match"] >= SHIPPED_SAMPLE_FLOOR, tt.format_sample_report(shipped_sample_report)
+    assert shipped_sample_report["by_objects"][1] > shipped_sample_report["by_objects"][2]
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped transformer's single samples match their caption less often than "
+                   "the course bar of 70% (data/transformer/README.md); remove this mark when a model that meets it ships")
+def test_shipped_transformer_meets_the_course_bar(shipped_sample_report):
+    assert shipped_sample_report["match"] >= 0.70, tt.format_sample_report(shipped_sample_report)
