@@ -143,7 +143,7 @@ class DVAEConfig:
 
     @classmethod
     def preset(cls, name: str = "cpu", **overrides) -> DVAEConfig:
-        """``cpu``: 3500 steps train in ~35 min on one CPU core. ``gpu``: wider, deeper, for a GPU."""
+        """``cpu``: 3500 steps train in ~50 min on one CPU core. ``gpu``: wider, deeper, for a GPU."""
         presets = {
             "cpu": {"diversity_weight": 0.1},
             "gpu": {"enc_width": 64, "dec_width": 128, "codebook_dim": 256, "blocks_per_group": 2, "lr": 5e-4},

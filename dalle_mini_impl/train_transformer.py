@@ -413,8 +413,8 @@ def train_transformer(
     ``seed`` (``cache_codes``). ``until``: stop after this step (the schedule
     still spans ``steps``); call again with ``resume=True`` to go on.
     ``precision``: ``"auto"`` is bf16 autocast on a GPU that has it or a CPU
-    with native bf16 (1.3× faster steps than fp32 on one core), else fp32. ``data``: your own images and captions (a ``FolderDataset``)
-    instead of Shapes; ``n_images`` and ``eval_prompts`` then do not apply.
+    with native bf16 (1.3× faster steps than fp32 on one core), else fp32.
+    ``data``: your own images and captions (a ``FolderDataset``) instead of Shapes; ``n_images`` and ``eval_prompts`` then do not apply.
     Under torchrun, ``batch_size`` is the global batch, split over the
     processes. Returns the model in eval mode.
     """
