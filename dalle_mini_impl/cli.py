@@ -349,11 +349,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=_positive_int, default=4, help="K best images kept per prompt, K <= N (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="a prompt and a seed always give the same images")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, contact sheets and results.json")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="< 1 sharper, > 1 more varied")
+    p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=3.0,
-                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 3)")
+    p.add_argument("--cond-scale", type=float, default=1.25,
+                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
     p.add_argument("--no-clip", action="store_true", help="skip CLIP reranking even when a CLIP model exists")
@@ -524,11 +524,11 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
     p.add_argument("--out", type=Path, default=None, help="also write the report(s) to this JSON file")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="< 1 sharper, > 1 more varied")
+    p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=3.0,
-                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 3)")
+    p.add_argument("--cond-scale", type=float, default=1.25,
+                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.set_defaults(func=run_evaluate, parser=p)
 
 
@@ -620,8 +620,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if (DATA_DIR / "transformer" / "config.json").is_file():
         print("sampling 16 candidates, keeping the best 4 ...")
         return run_generate(argparse.Namespace(
-            prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=1.0, top_k=None,
-            top_p=None, cond_scale=3.0, models=DATA_DIR, no_clip=False, parser=args.parser))
+            prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=0.9, top_k=None,
+            top_p=None, cond_scale=1.25, models=DATA_DIR, no_clip=False, parser=args.parser))
     command = CREATE_COMMANDS["transformer"].format(dir=DATA_DIR / "transformer", dvae=DATA_DIR / "dvae")
     print(f"generation needs the trained transformer ({DATA_DIR / 'transformer' / 'config.json'} is missing): "
           f"train it with `{command}`")

@@ -378,7 +378,7 @@ def check_generate(fn: Callable, models) -> bool:
                            "clip.rerank -> the first K")
         images, scores = got
         want = generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates, keep=keep,
-                        seed=seed, condition_scale=3.0, clip_model=models.clip, device=device)[0]
+                        seed=seed, temperature=1.0, condition_scale=3.0, clip_model=models.clip, device=device)[0]
         where = f"{prompt!r}, N = {candidates}, K = {keep}, seed {seed}"
         images = np.asarray(images)
         assert images.shape == want.images.shape, f"{where}: images of shape {images.shape}, expected {want.images.shape}"

@@ -98,10 +98,10 @@ def generate(
     candidates: int = 16,
     keep: int = 4,
     seed: int = 0,
-    temperature: float = 1.0,
+    temperature: float = 0.9,
     top_k: int | None = None,
     top_p: float | None = None,
-    condition_scale: float = 3.0,
+    condition_scale: float = 1.25,
     clip_model: torch.nn.Module | None = None,
     device: str | None = None,
 ) -> list[GenerationResult]:

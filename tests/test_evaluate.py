@@ -58,7 +58,7 @@ def rows_of(report):
 def test_report_structure_and_counts(report):
     assert report["split"] == "seen" and report["shapes_split"] == "test" and report["reranked"] is True
     assert (report["n"], report["candidates"], report["keep"], report["seed"]) == (6, 4, 2, 0)
-    assert report["sampling"] == {"temperature": 1.0, "top_k": None, "top_p": None, "condition_scale": 3.0,
+    assert report["sampling"] == {"temperature": 0.9, "top_k": None, "top_p": None, "condition_scale": 1.25,
                                   "prompts_per_batch": 4}
     captions = [s.caption for s in shapes.make_scenes("test", 6, 0)]
     assert [p["caption"] for p in report["prompts"]] == captions
@@ -105,7 +105,7 @@ def test_top1_is_the_clip_argmax_of_the_candidates(models, report):
     images = []
     for start in (0, 4):  # prompts_per_batch = 4
         batch, _ = sample_images(models.transformer, models.dvae, text[start:start + 4].repeat_interleave(4, dim=0),
-                                 condition_scale=3.0, generator=generator)
+                                 temperature=0.9, condition_scale=1.25, generator=generator)
         images.extend(batch.reshape(-1, 4, *batch.shape[1:]))  # (P, N, H, W, C) -> P arrays of (N, H, W, C)
     for record, candidates in zip(report["prompts"], images):
         ranked, scores = rerank(models.clip, models.tokenizer, record["caption"], candidates)

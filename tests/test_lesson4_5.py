@@ -327,7 +327,7 @@ def test_prompt_playground_builds(models):
 def test_capstone_checkers_accept_the_right_answers(models, capsys):
     def my_generate(prompt, models, candidates, keep, seed):
         r = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
-                              keep=keep, seed=seed, condition_scale=3.0, clip_model=models.clip)[0]
+                              keep=keep, seed=seed, temperature=1.0, condition_scale=3.0, clip_model=models.clip)[0]
         return r.images, r.scores
 
     assert exercises.check_generate(my_generate, models)
@@ -346,7 +346,7 @@ def test_capstone_checkers_give_hints_before_an_attempt(models, capsys):
 def test_capstone_checkers_reject_wrong_answers(models):
     def unranked(prompt, models, candidates, keep, seed):  # forgets to rerank
         r = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
-                              keep=keep, seed=seed, condition_scale=3.0)[0]
+                              keep=keep, seed=seed, temperature=1.0, condition_scale=3.0)[0]
         return r.images, np.zeros(keep, np.float32)
 
     with pytest.raises(AssertionError, match="generate keeps|scores"):
