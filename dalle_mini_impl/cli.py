@@ -352,7 +352,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=1.25,
+    p.add_argument("--cond-scale", type=float, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
                    help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
@@ -527,7 +527,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=1.25,
+    p.add_argument("--cond-scale", type=float, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
                    help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.set_defaults(func=run_evaluate, parser=p)
 

@@ -53,6 +53,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .sampling import CONDITION_SCALE, TEMPERATURE
 from . import shapes
 from .pipeline import Models
 from .train_transformer import sample_images
@@ -131,10 +132,10 @@ def evaluate_pipeline(
     candidates: int = 16,
     keep: int = 4,
     seed: int = 0,
-    temperature: float = 0.9,
+    temperature: float = TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
-    condition_scale: float = 1.25,
+    condition_scale: float = CONDITION_SCALE,
     prompts_per_batch: int = 4,
     progress: bool = True,
     scorer: Scorer | None = None,

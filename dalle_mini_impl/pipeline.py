@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .sampling import CONDITION_SCALE, TEMPERATURE
 from . import DATA_DIR, checkpoints, get_device
 from .dvae import DVAE
 from .train import load_dvae
@@ -98,10 +99,10 @@ def generate(
     candidates: int = 16,
     keep: int = 4,
     seed: int = 0,
-    temperature: float = 0.9,
+    temperature: float = TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
-    condition_scale: float = 1.25,
+    condition_scale: float = CONDITION_SCALE,
     clip_model: torch.nn.Module | None = None,
     device: str | None = None,
 ) -> list[GenerationResult]:

@@ -42,6 +42,11 @@ from .transformer import DalleTransformer, empty_text
 # ---------------------------------------------------------------------------
 
 
+# The defaults of every sampling entry point (generate, evaluate, the CLI, the playgrounds), chosen for the
+# shipped transformer on the val split (data/transformer/README.md): a larger scale over-pushes it.
+CONDITION_SCALE = 1.25
+TEMPERATURE = 0.9
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row, set the others to -∞. (B, V) -> (B, V).
 

@@ -59,6 +59,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .sampling import CONDITION_SCALE, TEMPERATURE
 from . import CACHE_DIR, DATA_DIR, checkpoints, distributed, get_device, seed_everything, shapes
 from .dvae import DVAE, cosine_schedule
 from .folder_data import FolderDataset, pick_caption_rows
@@ -282,8 +283,8 @@ def evaluate_samples(
     split: str = "test",
     n_prompts: int = 100,
     seed: int = 0,
-    condition_scale: float = 1.25,
-    temperature: float = 0.9,
+    condition_scale: float = CONDITION_SCALE,
+    temperature: float = TEMPERATURE,
     top_k: int | None = None,
     top_p: float | None = None,
     batch_size: int = 50,
@@ -393,7 +394,7 @@ def train_transformer(
     checkpoint_every: int = 200,
     sample_every: int = 500,
     eval_prompts: int = 32,
-    eval_condition_scale: float = 1.25,
+    eval_condition_scale: float = CONDITION_SCALE,
     tokenizer_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
     precision: str = "auto",

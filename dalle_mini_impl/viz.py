@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .sampling import CONDITION_SCALE, TEMPERATURE
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyBboxPatch
@@ -826,8 +827,8 @@ def draw_graded_samples(images, grades=None, title: str | None = None, cols: int
     return fig, axes
 
 
-def playground_samples(model, dvae, tokenizer, prompt: str, n: int = 8, temperature: float = 0.9, top_k: int = 0,
-                       top_p: float = 1.0, condition_scale: float = 1.25, seed: int = 0):
+def playground_samples(model, dvae, tokenizer, prompt: str, n: int = 8, temperature: float = TEMPERATURE, top_k: int = 0,
+                       top_p: float = 1.0, condition_scale: float = CONDITION_SCALE, seed: int = 0):
     """Sample ``n`` images for ``prompt`` and grade each: returns (uint8 images (n, H, W, 3), list of ``shapes.Grade``).
 
     ``top_k`` 0 and ``top_p`` 1.0 mean "off". The same (prompt, knobs, seed) always gives the same images.
@@ -854,8 +855,8 @@ def samples_title(prompt: str, grades) -> str:
     return f"{prompt!r}: {sum(g.match for g in grades)} of {len(grades)} match"
 
 
-def draw_sampling_playground(model, dvae, tokenizer, prompt: str, n: int = 8, temperature: float = 0.9,
-                             top_k: int = 0, top_p: float = 1.0, condition_scale: float = 1.25, seed: int = 0):
+def draw_sampling_playground(model, dvae, tokenizer, prompt: str, n: int = 8, temperature: float = TEMPERATURE,
+                             top_k: int = 0, top_p: float = 1.0, condition_scale: float = CONDITION_SCALE, seed: int = 0):
     """``playground_samples`` drawn: n samples for ``prompt`` with the knobs given, each graded ✓ / ✗.
 
     Returns ``(fig, axes)``.
@@ -1203,8 +1204,8 @@ def draw_retrieval(captions: Sequence[str], images, sims, k: int = 5, scale: flo
 
 
 def draw_generation(models, prompt: str = "a large red circle in the top left", candidates: int = 16,
-                    keep: int | None = None, seed: int = 0, temperature: float = 0.9, top_k: int | None = None,
-                    top_p: float | None = None, condition_scale: float = 1.25, cols: int = 8,
+                    keep: int | None = None, seed: int = 0, temperature: float = TEMPERATURE, top_k: int | None = None,
+                    top_p: float | None = None, condition_scale: float = CONDITION_SCALE, cols: int = 8,
                     device: str | None = None):
     """Sample ``candidates`` images for ``prompt``, rerank them with CLIP, and draw the best ``keep`` (all by default).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from ipywidgets import Dropdown, FloatSlider, IntSlider, Text, interact
 
+from .sampling import CONDITION_SCALE, TEMPERATURE
 from . import viz
 
 
@@ -149,7 +150,7 @@ def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=N
 
 
 def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circle in the top left", n: int = 8,
-                        temperature: float = 0.9, top_k: int = 0, top_p: float = 1.0, condition_scale: float = 1.25,
+                        temperature: float = TEMPERATURE, top_k: int = 0, top_p: float = 1.0, condition_scale: float = CONDITION_SCALE,
                         seed: int = 0):
     """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``shapes.grade``.
 
@@ -220,8 +221,8 @@ TOP_K_OPTIONS = [("off", 0), ("8", 8), ("32", 32), ("64", 64), ("128", 128), ("2
 
 
 def prompt_playground(models, prompt: str = "a small green square to the left of a large purple cross",
-                      candidates: int = 16, keep: int = 4, temperature: float = 0.9, top_k: int | None = None,
-                      condition_scale: float = 1.25, seed: int = 0):
+                      candidates: int = 16, keep: int = 4, temperature: float = TEMPERATURE, top_k: int | None = None,
+                      condition_scale: float = CONDITION_SCALE, seed: int = 0):
     """Every knob of ``pipeline.generate``: prompt, N, K, temperature, top-k, condition scale and seed → the best K.
 
     Sampling takes a moment, so nothing runs until the button is pressed

@@ -139,3 +139,11 @@ def test_set_overrides_are_typed_like_the_config_fields():
     assert _config_overrides(["res_gain=none"], DVAEConfig) == {"res_gain": None}
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         _config_overrides(["no_such_field=1"], DVAEConfig)
+
+
+def test_cli_sampling_defaults_are_the_package_defaults():
+    from dalle_mini_impl import cli, sampling
+
+    for argv in (["generate", "a red circle", "--out", "out"], ["evaluate"]):
+        args = cli.build_parser().parse_args(argv)
+        assert (args.cond_scale, args.temperature) == (sampling.CONDITION_SCALE, sampling.TEMPERATURE)
