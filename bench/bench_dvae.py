@@ -3,7 +3,9 @@
 Quality: argmax reconstructions of held-out Shapes images (the ``test`` and
 ``compositional`` splits, one- and two-object scenes) graded against their
 captions by ``shapes.grade``, side by side with the originals graded the same
-way (the ceiling), plus PSNR, codebook perplexity and dead codes.
+way (the ceiling), plus PSNR, codebook perplexity and dead codes; then a table
+of one-object round trips for every size, shape and colour, which shows what
+the codebook cannot draw (a held-out colour–shape pair at the small size).
 
 Speed: training steps per second of the cpu preset in fp32 (the baseline) and
 with bf16 autocast + channels-last, and encode/decode throughput.
@@ -21,6 +23,7 @@ import torch
 from dalle_mini_impl import DATA_DIR, shapes
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train import (
+    caption_round_trip_rate,
     cpu_has_bf16,
     evaluate_reconstructions,
     format_report,
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(DATA_DIR / "dvae"))
     parser.add_argument("--n", type=int, default=500, help="images per split (default 500)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cross-n", type=int, default=40, help="images per colour, shape and size in the table")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 is faster on a busy 2-core machine)")
     args = parser.parse_args()
@@ -77,6 +81,16 @@ def main() -> None:
     print(format_report(report))
     print(f"originals graded the same way: {originals_rate(args.n, args.seed):.1%} (the ceiling) "
           f"| evaluation took {time.perf_counter() - t:.0f} s")
+
+    print(f"\nround trips of one object by colour ({args.cross_n} images each; "
+          f"* = a pair held out of training, the compositional split):")
+    held_out = set(shapes.pairs_for_split("compositional"))
+    print(f"{'':<16}" + "".join(f"{c:>9}" for c in shapes.COLORS))
+    for size in ("small", "large"):
+        for shape in shapes.SHAPES:
+            rates = [caption_round_trip_rate(model, f"a {size} {c} {shape}", args.cross_n, args.seed) for c in shapes.COLORS]
+            marks = ["*" if (c, shape) in held_out else " " for c in shapes.COLORS]
+            print(f"{size + ' ' + shape:<16}" + "".join(f"{r:>8.0%}{m}" for r, m in zip(rates, marks)))
 
     if args.skip_speed:
         return

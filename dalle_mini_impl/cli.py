@@ -292,8 +292,8 @@ def _probability(text: str) -> float:
 def add_train_transformer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-transformer", help="train the transformer (captions -> dVAE codes) on Shapes")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=3000,
-                   help="optimizer steps; the learning-rate schedule spans them (default: 3000)")
+    p.add_argument("--steps", type=_positive_int, default=2400,
+                   help="optimizer steps; the learning-rate schedule spans them (default: 2400)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dvae", type=Path, default=None, help="the dVAE whose codes it learns (default: data/dvae)")

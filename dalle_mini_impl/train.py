@@ -358,6 +358,23 @@ def evaluate_reconstructions(
     }
 
 
+@torch.no_grad()
+def caption_round_trip_rate(model: DVAE, caption: str, n: int = 40, seed: int = 0) -> float:
+    """How often the argmax round trip of a fresh image of ``caption`` is still graded as ``caption``.
+
+    ``n`` images drawn by ``shapes.scene_for_caption`` from ``seed`` (what the
+    caption leaves open, such as position, varies). It isolates one colour,
+    shape and size: ``"a small blue cross"`` asks whether the codebook can
+    draw that object at all. Example: the shipped dVAE, n=40 -> about 0.1 for
+    a small blue cross (a pair it never saw), 0.9 for a small red cross.
+    """
+    rng = np.random.default_rng(seed)
+    scenes = [shapes.scene_for_caption(caption, rng) for _ in range(n)]
+    x_rec = reconstruct_batched(model.eval(), to_float_images(shapes.render_batch(scenes)))
+    rec_u8 = (x_rec.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # (n, H, W, C)
+    return sum(bool(shapes.grade(image, caption).match) for image in rec_u8) / n
+
+
 def format_report(report: dict) -> str:
     """One readable block of ``evaluate_reconstructions`` figures."""
     splits = ", ".join(f"{s} {v:.1%}" for s, v in report["by_split"].items())

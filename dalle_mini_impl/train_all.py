@@ -70,7 +70,7 @@ class RunPlan:
     dvae_steps: int = 3500
     dvae_batch_size: int = 32
     dvae_images: int = 60_000  # Shapes training images, rendered once
-    transformer_steps: int = 3000
+    transformer_steps: int = 2400
     transformer_batch_size: int = 64
     transformer_images: int = 60_000  # Shapes training scenes, encoded to codes once and cached
     transformer_lr: float = 1e-3

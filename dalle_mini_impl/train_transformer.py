@@ -379,7 +379,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 def train_transformer(
     config: TransformerConfig | str | None = None,
     dvae_dir: str | Path | None = None,
-    steps: int = 3000,
+    steps: int = 2400,
     batch_size: int = 64,
     seed: int = 0,
     out_dir: str | Path = "runs/transformer",

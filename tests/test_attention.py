@@ -229,3 +229,30 @@ def test_attention_rejects_bad_arguments():
         MaskedSelfAttention(d_model=10, n_heads=3, mask=mask)
     with pytest.raises(ValueError, match="backend"):
         MaskedSelfAttention(d_model=16, n_heads=2, mask=mask, backend="sparse")
+
+
+def test_bf16_on_cpu_runs_the_attention_op_in_fp32(monkeypatch):
+    """Under bf16 autocast on a CPU, the masked softmax runs in fp32 (fast to differentiate there),
+    the layer still returns bf16, and it computes what the fp32 layer computes to bf16 precision."""
+    import dalle_mini_impl.attention as attention
+
+    seen = []  # the dtype of q each call of the attention op gets
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    mask = build_mask("row", 32, 8, kernel=5)
+    layer = MaskedSelfAttention(d_model=32, n_heads=4, mask=mask, backend="dense")
+    x = torch.randn(2, 96, 32)
+    reference = layer(x)
+    x16 = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x16)
+    assert y.dtype == torch.bfloat16 and seen == [torch.float32, torch.float32]
+    torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
+    y.float().sum().backward()
+    assert x16.grad is not None and torch.isfinite(x16.grad).all() and x16.grad.abs().sum() > 0

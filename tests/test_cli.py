@@ -147,3 +147,27 @@ def test_cli_sampling_defaults_are_the_package_defaults():
     for argv in (["generate", "a red circle", "--out", "out"], ["evaluate"]):
         args = cli.build_parser().parse_args(argv)
         assert (args.cond_scale, args.temperature) == (sampling.CONDITION_SCALE, sampling.TEMPERATURE)
+
+
+def test_the_readme_contact_sheet_is_what_make_demo_draws(tmp_path, capsys):
+    """README.md shows data/demo/contact_sheet.png as the output of `make demo`: keep it true.
+
+    After re-shipping a model, run `make demo` and copy demo_out/00_*_sheet.png there (and the
+    CLIP scores into README.md).
+    """
+    import re
+    from pathlib import Path
+
+    from dalle_mini_impl import DATA_DIR, checkpoints
+
+    if not (DATA_DIR / "transformer" / checkpoints.WEIGHTS_NAME).exists():
+        pytest.skip("no shipped models in data/")
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    prompt = re.search(r"^PROMPT \?= (.+)$", makefile, re.M).group(1).strip()
+    args = re.search(r'generate "\$\(PROMPT\)" (.+) --out demo_out', makefile).group(1).split()
+    assert cli.main(["generate", prompt, *args, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    (sheet,) = tmp_path.glob("00_*_sheet.png")
+    drawn = np.asarray(Image.open(sheet).convert("RGB"))
+    shipped = np.asarray(Image.open(DATA_DIR / "demo" / "contact_sheet.png").convert("RGB"))
+    assert drawn.shape == shipped.shape and np.array_equal(drawn, shipped)

@@ -29,6 +29,7 @@ from dalle_mini_impl.dvae import (
 )
 from dalle_mini_impl.train import (
     TrainingDiverged,
+    caption_round_trip_rate,
     evaluate_reconstructions,
     format_report,
     load_dvae,
@@ -346,6 +347,16 @@ def test_shipped_model_keeps_its_measured_quality(shipped_report):
                    "read as other shapes); the 95% bar is open work — remove this mark when a model that meets it ships")
 def test_shipped_model_reconstructions_are_graded_correct(shipped_report):
     assert shipped_report["match"] >= 0.95, format_report(shipped_report)
+
+
+def test_caption_round_trip_rate_grades_fresh_images_of_one_caption():
+    model_dir = DATA_DIR / "dvae"
+    if not (model_dir / checkpoints.WEIGHTS_NAME).exists():
+        pytest.skip(f"no shipped dVAE in {model_dir}")
+    shipped = load_dvae(model_dir, device="cpu")
+    assert caption_round_trip_rate(shipped, "a large red square", n=20) == 1.0
+    blank = DVAE(DVAEConfig(**TINY))  # untrained: draws no object the grader can read
+    assert caption_round_trip_rate(blank, "a large red square", n=5) == 0.0
 
 
 def test_reconstruct_cli_writes_pngs_with_the_same_names(tmp_path):

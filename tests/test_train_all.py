@@ -89,8 +89,11 @@ def test_the_cpu_plan_is_the_commands_of_the_shipped_models():
     assert (plan.transformer_steps, plan.transformer_batch_size, plan.transformer_images, plan.transformer_lr) == (
         transformer.steps, transformer.batch_size, transformer.images, transformer.lr)
     assert (plan.clip_steps, plan.clip_batch_size) == (clip.steps, clip.batch_size)
-    # data/dvae/README.md: --steps 3500 --batch-size 32; data/clip/README.md: --steps 1500 --batch-size 128
+    # data/dvae/README.md: --steps 3500 --batch-size 32; data/transformer/README.md: --steps 2400 --batch-size 64;
+    # data/clip/README.md: --steps 1500 --batch-size 128
     assert (plan.dvae_steps, plan.dvae_batch_size, plan.clip_steps, plan.clip_batch_size) == (3500, 32, 1500, 128)
+    assert (plan.transformer_steps, plan.transformer_batch_size) == (2400, 64)
+    assert training_info(DATA_DIR / "transformer")["steps"] == plan.transformer_steps
     shipped_dvae = checkpoints.load_config(DATA_DIR / "dvae", DVAEConfig, "dvae")
     shipped_clip = checkpoints.load_config(DATA_DIR / "clip", CLIPConfig, "clip")
     assert DVAEConfig.preset(plan.preset, **plan.dvae_config) == shipped_dvae
