@@ -10,7 +10,7 @@ the codebook cannot draw (a held-out colour–shape pair at the small size).
 Speed: training steps per second of the cpu preset in fp32 (the baseline) and
 with bf16 autocast + channels-last, and encode/decode throughput.
 
-    .venv/bin/python bench/bench_dvae.py [--model DIR] [--n 500] [--skip-speed] [--threads 2]
+    .venv/bin/python bench/bench_dvae.py [--model DIR] [--n 500] [--per-object 40] [--skip-speed] [--threads 2]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(DATA_DIR / "dvae"))
     parser.add_argument("--n", type=int, default=500, help="images per split (default 500)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cross-n", type=int, default=40, help="images per colour, shape and size in the table")
+    parser.add_argument("--per-object", type=int, default=40, help="images per colour, shape and size in the table")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (1 is faster on a busy 2-core machine)")
     args = parser.parse_args()
@@ -82,13 +82,13 @@ def main() -> None:
     print(f"originals graded the same way: {originals_rate(args.n, args.seed):.1%} (the ceiling) "
           f"| evaluation took {time.perf_counter() - t:.0f} s")
 
-    print(f"\nround trips of one object by colour ({args.cross_n} images each; "
+    print(f"\nround trips of one object by colour ({args.per_object} images each; "
           f"* = a pair held out of training, the compositional split):")
     held_out = set(shapes.pairs_for_split("compositional"))
     print(f"{'':<16}" + "".join(f"{c:>9}" for c in shapes.COLORS))
     for size in ("small", "large"):
         for shape in shapes.SHAPES:
-            rates = [caption_round_trip_rate(model, f"a {size} {c} {shape}", args.cross_n, args.seed) for c in shapes.COLORS]
+            rates = [caption_round_trip_rate(model, f"a {size} {c} {shape}", args.per_object, args.seed) for c in shapes.COLORS]
             marks = ["*" if (c, shape) in held_out else " " for c in shapes.COLORS]
             print(f"{size + ' ' + shape:<16}" + "".join(f"{r:>8.0%}{m}" for r, m in zip(rates, marks)))
 
