@@ -94,6 +94,11 @@ def to_float_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C), rounded: the inverse of ``to_float_images``."""
+    return (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, H, W, C)
+
+
 def image_grid(rows: list[torch.Tensor]) -> np.ndarray:
     """Stack rows of images (each (N, C, H, W) in [0, 1]) into one uint8 (rows·H, N·W, C) picture."""
     grid = torch.stack(rows)  # (R, N, C, H, W)
@@ -328,7 +333,7 @@ def evaluate_reconstructions(
         scenes = shapes.make_scenes(split, n_per_split, seed)
         x = to_float_images(shapes.render_batch(scenes))  # (n, C, H, W)
         x_rec = reconstruct_batched(model, x)  # (n, C, H, W)
-        rec_u8 = (x_rec.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # (n, H, W, C)
+        rec_u8 = to_uint8_images(x_rec)  # (n, H, W, C)
         for scene, image in zip(scenes, rec_u8):
             g = shapes.grade(image, scene.caption)
             rows.append((split, len(scene.objects), bool(g.match), g.checks))
@@ -371,7 +376,7 @@ def caption_round_trip_rate(model: DVAE, caption: str, n: int = 40, seed: int = 
     rng = np.random.default_rng(seed)
     scenes = [shapes.scene_for_caption(caption, rng) for _ in range(n)]
     x_rec = reconstruct_batched(model.eval(), to_float_images(shapes.render_batch(scenes)))
-    rec_u8 = (x_rec.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()  # (n, H, W, C)
+    rec_u8 = to_uint8_images(x_rec)  # (n, H, W, C)
     return sum(bool(shapes.grade(image, caption).match) for image in rec_u8) / n
 
 

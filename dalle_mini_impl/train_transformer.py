@@ -73,6 +73,7 @@ from .train import (
     save_png,
     setup_cpu,
     to_float_images,
+    to_uint8_images,
 )
 from .transformer import DalleTransformer, TransformerConfig, drop_captions, encode_captions
 
@@ -251,7 +252,7 @@ def codes_to_images(dvae: DVAE, codes: torch.Tensor) -> np.ndarray:
     """Code grids (B, h, w) -> uint8 images (B, H, W, C), decoded by the dVAE."""
     device = next(dvae.parameters()).device
     x = dvae.decode(codes.to(device).long()).float()  # (B, C, H, W) in [0, 1]
-    return (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (B, H, W, C)
+    return to_uint8_images(x)  # (B, H, W, C)
 
 
 def sample_images(
