@@ -27,6 +27,8 @@ Usage::
     python bench/bench_time_to_quality.py                          # the cpu plan, hours on a 2-core CPU
     python bench/bench_time_to_quality.py --set dvae_steps=2000 --set transformer_steps=2000
     python bench/bench_time_to_quality.py --quick                  # tiny models: checks the script in ~1 minute
+    python bench/bench_time_to_quality.py --out r.json --plot r.png   # also keep the figures and draw the curve
+    python bench/bench_time_to_quality.py --from-json r.json --plot r.png   # reprint and redraw a finished run
 
 ``--quick`` trains tiny models for a few dozen steps: its numbers mean
 nothing, it only shows that every part runs.
@@ -74,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="captions per split at each point (default: 100; --quick: 8)")
     p.add_argument("--candidates", type=int, default=16, help="N samples per caption, reranked by CLIP (default: 16)")
     p.add_argument("--out", type=Path, default=None, help="also write the stage times and the curve to this JSON file")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the curve to this image file (PNG, SVG, PDF)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="train nothing: reprint the summary of a finished run's --out file (and draw it with --plot)")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="the run folder, which must not exist yet (default: runs/time_to_quality_<date>_<time>)")
     p.add_argument("--threads", type=int, default=1,
@@ -112,8 +117,86 @@ def evaluate_point(models, args) -> dict:
     return {**point, "eval_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def summarise(result: dict) -> dict:
+    """Print the stage times, the goal and the 30-minute mark of a run; return the last two for its JSON."""
+    stages, curve, steps = result["stage_seconds"], result["curve"], result["plan"]["transformer_steps"]
+    clock = sum(stages.values())
+    print("\nwall time per stage (training only):")
+    for name in ("tokenizer", "dvae", "clip", "transformer"):
+        print(f"  {name:<12} {stages.get(name, 0.0):8.0f} s  ({stages.get(name, 0.0) / 60:.1f} min)")
+    print(f"  {'total':<12} {clock:8.0f} s  ({clock / 60:.1f} min); evaluation "
+          f"{sum(p['eval_seconds'] for p in curve):.0f} s more")
+    reached = next((p for p in curve if p["seen_top1"] >= GOAL), None)
+    goal = (f"reached at {reached['minutes']:.1f} min of training (transformer step {reached['step']}/{steps})"
+            if reached else f"not reached (best {max((p['seen_top1'] for p in curve), default=0):.1%})")
+    print(f"goal, seen-split CLIP top-1 >= {GOAL:.0%}: {goal}")
+    before = [p for p in curve if p["minutes"] <= MARK_MINUTES]
+    if before:
+        p = before[-1]
+        mark = (f"at {p['minutes']:.1f} min (step {p['step']}/{steps}): seen top-1 {p['seen_top1']:.1%}, "
+                f"compositional top-1 {p['compositional_top1']:.1%}")
+    else:
+        spent, where = 0.0, "the transformer"
+        for name in ("tokenizer", "dvae", "clip"):
+            spent += stages.get(name, 0.0)
+            if spent > MARK_MINUTES * 60:
+                where = name
+                break
+        mark = f"no point yet: at {MARK_MINUTES:.0f} min the {where} stage was still training"
+    print(f"at {MARK_MINUTES:.0f} minutes: {mark}")
+    return {"goal": {"seen_top1": GOAL, "reached": reached}, f"at_{MARK_MINUTES:.0f}_minutes": mark}
+
+
+def plot_curve(result: dict, path: Path) -> None:
+    """Draw CLIP top-1 (and a random sample) on both splits against training minutes, the stages shaded behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, stages = result["curve"], result["stage_seconds"]
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    start, shades = 0.0, {"tokenizer": "#eeeeee", "dvae": "#e3ecf7", "clip": "#f7eadb", "transformer": "#e6f4e1"}
+    for name in ("tokenizer", "dvae", "clip", "transformer"):
+        width = stages.get(name, 0.0) / 60
+        ax.axvspan(start, start + width, color=shades[name], zorder=0)
+        if width > 0.04 * (sum(stages.values()) / 60):
+            ax.text(start + width / 2, 0.03, name, ha="center", va="bottom", fontsize=9, color="#555555")
+        start += width
+    # nothing can be drawn before the transformer trains: 0 % where its stage starts
+    minutes = [sum(stages.get(name, 0.0) for name in ("tokenizer", "dvae", "clip")) / 60] + [p["minutes"] for p in curve]
+    for split, colour in (("seen", "C0"), ("compositional", "C1")):
+        ax.plot(minutes, [0.0] + [p[f"{split}_top1"] for p in curve], "o-", color=colour, ms=4,
+                label=f"{split}: CLIP top-1 of {result['candidates']}")
+        ax.plot(minutes, [0.0] + [p[f"{split}_random"] for p in curve], "--", color=colour, alpha=0.6,
+                label=f"{split}: a random sample")
+    ax.axhline(GOAL, color="k", lw=0.8, ls=":")
+    ax.text(0.5, GOAL + 0.01, f"goal: seen top-1 {GOAL:.0%}", fontsize=8, va="bottom")
+    ax.axvline(MARK_MINUTES, color="k", lw=0.8, ls=":")
+    ax.text(MARK_MINUTES, 0.99, f" {MARK_MINUTES:.0f} min", fontsize=8, va="top")
+    ax.set(xlabel="training time, minutes (all stages; evaluation not counted)",
+           ylabel=f"captions drawn right ({result['prompts']} per split)", ylim=(0, 1.02), xlim=(0, start * 1.01))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    title = "train-all --preset cpu from scratch" + (" (--quick: tiny models)" if result.get("quick") else "")
+    threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
+    ax.set_title(f"{title}, {threads}, {result['device']}", fontsize=10)
+    ax.legend(loc="center left", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+        result.update(summarise(result))
+        if args.plot is not None:
+            plot_curve(result, args.plot)
+            print(f"drew {args.plot}")
+        return result
     import torch
 
     from dalle_mini_impl.pipeline import Models
@@ -173,38 +256,17 @@ def main(argv=None) -> dict:
               f"{point['compositional_top1']:>11.1%}  {point['seen_random']:>11.1%}  "
               f"{point['compositional_random']:>12.1%}  {point['eval_seconds']:>6.0f}", flush=True)
 
-    print("\nwall time per stage (training only):")
-    for name in ("tokenizer", "dvae", "clip", "transformer"):
-        print(f"  {name:<12} {stages.get(name, 0.0):8.0f} s  ({stages.get(name, 0.0) / 60:.1f} min)")
-    print(f"  {'total':<12} {clock:8.0f} s  ({clock / 60:.1f} min); evaluation "
-          f"{sum(p['eval_seconds'] for p in curve):.0f} s more")
-    reached = next((p for p in curve if p["seen_top1"] >= GOAL), None)
-    goal = (f"reached at {reached['minutes']:.1f} min of training (transformer step {reached['step']}/{steps})"
-            if reached else f"not reached (best {max((p['seen_top1'] for p in curve), default=0):.1%})")
-    print(f"goal, seen-split CLIP top-1 >= {GOAL:.0%}: {goal}")
-    before = [p for p in curve if p["minutes"] <= MARK_MINUTES]
-    if before:
-        p = before[-1]
-        mark = (f"at {p['minutes']:.1f} min (step {p['step']}/{steps}): seen top-1 {p['seen_top1']:.1%}, "
-                f"compositional top-1 {p['compositional_top1']:.1%}")
-    else:
-        spent, where = 0.0, "the transformer"
-        for name in ("tokenizer", "dvae", "clip"):
-            spent += stages.get(name, 0.0)
-            if spent > MARK_MINUTES * 60:
-                where = name
-                break
-        mark = f"no point yet: at {MARK_MINUTES:.0f} min the {where} stage was still training"
-    print(f"at {MARK_MINUTES:.0f} minutes: {mark}")
-
     result = {"plan": dataclasses.asdict(plan), "quick": args.quick, "threads": args.threads, "device": run.device,
               "prompts": args.prompts, "candidates": args.candidates,
-              "stage_seconds": {k: round(v, 1) for k, v in stages.items()}, "curve": curve,
-              "goal": {"seen_top1": GOAL, "reached": reached}, f"at_{MARK_MINUTES:.0f}_minutes": mark}
+              "stage_seconds": {k: round(v, 1) for k, v in stages.items()}, "curve": curve}
+    result.update(summarise(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
+    if args.plot is not None:
+        plot_curve(result, args.plot)
+        print(f"drew {args.plot}")
     return result
 
 
