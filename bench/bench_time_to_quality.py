@@ -171,9 +171,11 @@ def plot_curve(result: dict, path: Path) -> None:
         ax.plot(minutes, [0.0] + [p[f"{split}_random"] for p in curve], "--", color=colour, alpha=0.6,
                 label=f"{split}: a random sample")
     ax.axhline(GOAL, color="k", lw=0.8, ls=":")
-    ax.text(0.5, GOAL + 0.01, f"goal: seen top-1 {GOAL:.0%}", fontsize=8, va="bottom")
-    ax.axvline(MARK_MINUTES, color="k", lw=0.8, ls=":")
-    ax.text(MARK_MINUTES, 0.99, f" {MARK_MINUTES:.0f} min", fontsize=8, va="top")
+    ax.text(0.005, GOAL + 0.01, f"goal: seen top-1 {GOAL:.0%}", fontsize=8, va="bottom",
+            transform=ax.get_yaxis_transform())  # x in axes fractions, y in data
+    if MARK_MINUTES < start:
+        ax.axvline(MARK_MINUTES, color="k", lw=0.8, ls=":")
+        ax.text(MARK_MINUTES, 0.99, f" {MARK_MINUTES:.0f} min", fontsize=8, va="top")
     ax.set(xlabel="training time, minutes (all stages; evaluation not counted)",
            ylabel=f"captions drawn right ({result['prompts']} per split)", ylim=(0, 1.02), xlim=(0, start * 1.01))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,9 @@ def test_quick_run_trains_every_stage_and_records_a_curve_that_redraws_from_its_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = tmp_path / "again.png"
-    redrawn = bench.main(["--from-json", str(out), "--plot", str(again)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a label outside the axes that tight_layout cannot fit
+        redrawn = bench.main(["--from-json", str(out), "--plot", str(again)])
     assert redrawn["goal"] == result["goal"] and redrawn["at_30_minutes"] == result["at_30_minutes"]
     assert again.stat().st_size > 0
     assert "wall time per stage" in capsys.readouterr().out
