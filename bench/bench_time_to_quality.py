@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -179,9 +180,17 @@ def plot_curve(result: dict, path: Path) -> None:
     ax.set(xlabel="training time, minutes (all stages; evaluation not counted)",
            ylabel=f"captions drawn right ({result['prompts']} per split)", ylim=(0, 1.02), xlim=(0, start * 1.01))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    title = "train-all --preset cpu from scratch" + (" (--quick: tiny models)" if result.get("quick") else "")
+    plan = result["plan"]
+    title = f"train-all --preset {plan['preset']} from scratch"
+    if result.get("quick"):
+        title += " (--quick: tiny models)"
+    else:  # name every number changed with --set
+        base = dataclasses.asdict(ta.PLANS[plan["preset"]])
+        changed = [f"{k}={v}" for k, v in plan.items() if k in base and v != base[k]]
+        if changed:
+            title += "\n" + textwrap.fill("--set " + ", ".join(changed), 90)
     threads = f"{result['threads']} thread" + ("s" if result["threads"] > 1 else "")
-    ax.set_title(f"{title}, {threads}, {result['device']}", fontsize=10)
+    ax.set_title(f"{title}; {threads}, {result['device']}", fontsize=10)
     ax.legend(loc="center left", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
