@@ -41,3 +41,14 @@ def test_setup_prints_one_line_and_returns_the_device(capsys):
     assert out.count("\n") == 1 and "seed 7" in out
     assert device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert dmi.get_device("cpu") == "cpu"
+
+
+def test_every_file_the_readme_links_or_shows_exists():
+    import re
+
+    readme = (dmi.PACKAGE_DIR.parent / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme) + re.findall(r'src="([^"]+)"', readme)
+    local = [t.split("#")[0] for t in targets if not t.startswith(("http://", "https://", "#"))]
+    assert "bench/results/time_to_quality_cpu.png" in local and "data/demo/contact_sheet.png" in local
+    missing = [t for t in local if not (dmi.PACKAGE_DIR.parent / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
