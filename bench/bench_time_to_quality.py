@@ -52,6 +52,7 @@ from dalle_mini_impl.train_all import RunPlan  # noqa: E402
 
 GOAL = 0.90  # seen-split CLIP top-1
 MARK_MINUTES = 30.0
+STAGES = ("tokenizer", "dvae", "clip", "transformer")  # in the order they train here
 
 # tiny models and runs: the whole script in about a minute (the figures mean nothing)
 QUICK_PLAN = RunPlan(
@@ -123,7 +124,7 @@ def summarise(result: dict) -> dict:
     stages, curve, steps = result["stage_seconds"], result["curve"], result["plan"]["transformer_steps"]
     clock = sum(stages.values())
     print("\nwall time per stage (training only):")
-    for name in ("tokenizer", "dvae", "clip", "transformer"):
+    for name in STAGES:
         print(f"  {name:<12} {stages.get(name, 0.0):8.0f} s  ({stages.get(name, 0.0) / 60:.1f} min)")
     print(f"  {'total':<12} {clock:8.0f} s  ({clock / 60:.1f} min); evaluation "
           f"{sum(p['eval_seconds'] for p in curve):.0f} s more")
@@ -138,7 +139,7 @@ def summarise(result: dict) -> dict:
                 f"compositional top-1 {p['compositional_top1']:.1%}")
     else:
         spent, where = 0.0, "the transformer"
-        for name in ("tokenizer", "dvae", "clip"):
+        for name in STAGES[:-1]:
             spent += stages.get(name, 0.0)
             if spent > MARK_MINUTES * 60:
                 where = name
@@ -158,14 +159,14 @@ def plot_curve(result: dict, path: Path) -> None:
     curve, stages = result["curve"], result["stage_seconds"]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     start, shades = 0.0, {"tokenizer": "#eeeeee", "dvae": "#e3ecf7", "clip": "#f7eadb", "transformer": "#e6f4e1"}
-    for name in ("tokenizer", "dvae", "clip", "transformer"):
+    for name in STAGES:
         width = stages.get(name, 0.0) / 60
         ax.axvspan(start, start + width, color=shades[name], zorder=0)
         if width > 0.04 * (sum(stages.values()) / 60):
             ax.text(start + width / 2, 0.03, name, ha="center", va="bottom", fontsize=9, color="#555555")
         start += width
     # nothing can be drawn before the transformer trains: 0 % where its stage starts
-    minutes = [sum(stages.get(name, 0.0) for name in ("tokenizer", "dvae", "clip")) / 60] + [p["minutes"] for p in curve]
+    minutes = [sum(stages.get(name, 0.0) for name in STAGES[:-1]) / 60] + [p["minutes"] for p in curve]
     for split, colour in (("seen", "C0"), ("compositional", "C1")):
         ax.plot(minutes, [0.0] + [p[f"{split}_top1"] for p in curve], "o-", color=colour, ms=4,
                 label=f"{split}: CLIP top-1 of {result['candidates']}")
@@ -196,7 +197,6 @@ def plot_curve(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-
 
 
 def main(argv=None) -> dict:
