@@ -158,15 +158,16 @@ def plot_curve(result: dict, path: Path) -> None:
 
     curve, stages = result["curve"], result["stage_seconds"]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
-    start, shades = 0.0, {"tokenizer": "#eeeeee", "dvae": "#e3ecf7", "clip": "#f7eadb", "transformer": "#e6f4e1"}
+    start, total = 0.0, sum(stages.values()) / 60
+    shades = {"tokenizer": "#eeeeee", "dvae": "#e3ecf7", "clip": "#f7eadb", "transformer": "#e6f4e1"}
     for name in STAGES:
         width = stages.get(name, 0.0) / 60
+        if name == "transformer":  # nothing can be drawn before it trains: 0 % where its stage starts
+            minutes = [start] + [p["minutes"] for p in curve]
         ax.axvspan(start, start + width, color=shades[name], zorder=0)
-        if width > 0.04 * (sum(stages.values()) / 60):
+        if width > 0.04 * total:
             ax.text(start + width / 2, 0.03, name, ha="center", va="bottom", fontsize=9, color="#555555")
         start += width
-    # nothing can be drawn before the transformer trains: 0 % where its stage starts
-    minutes = [sum(stages.get(name, 0.0) for name in STAGES[:-1]) / 60] + [p["minutes"] for p in curve]
     for split, colour in (("seen", "C0"), ("compositional", "C1")):
         ax.plot(minutes, [0.0] + [p[f"{split}_top1"] for p in curve], "o-", color=colour, ms=4,
                 label=f"{split}: CLIP top-1 of {result['candidates']}")
@@ -199,15 +200,23 @@ def plot_curve(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def finish(result: dict, out: Path | None, plot: Path | None) -> dict:
+    """Print the summary of a run (trained now or read back), and write its JSON and its plot if asked."""
+    result.update(summarise(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+    if plot is not None:
+        plot_curve(result, plot)
+        print(f"drew {plot}")
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.from_json is not None:
-        result = json.loads(args.from_json.read_text())
-        result.update(summarise(result))
-        if args.plot is not None:
-            plot_curve(result, args.plot)
-            print(f"drew {args.plot}")
-        return result
+        return finish(json.loads(args.from_json.read_text()), None, args.plot)
     import torch
 
     from dalle_mini_impl.pipeline import Models
@@ -270,15 +279,7 @@ def main(argv=None) -> dict:
     result = {"plan": dataclasses.asdict(plan), "quick": args.quick, "threads": args.threads, "device": run.device,
               "prompts": args.prompts, "candidates": args.candidates,
               "stage_seconds": {k: round(v, 1) for k, v in stages.items()}, "curve": curve}
-    result.update(summarise(result))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out}")
-    if args.plot is not None:
-        plot_curve(result, args.plot)
-        print(f"drew {args.plot}")
-    return result
+    return finish(result, args.out, args.plot)
 
 
 if __name__ == "__main__":
