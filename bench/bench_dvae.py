@@ -2,7 +2,7 @@
 
 Quality: argmax reconstructions of held-out Shapes images (the ``test`` and
 ``compositional`` splits, one- and two-object scenes) graded against their
-captions by ``shapes.grade``, side by side with the originals graded the same
+captions by ``grader.grade``, side by side with the originals graded the same
 way (the ceiling), plus PSNR, codebook perplexity and dead codes; then a table
 of one-object round trips for every size, shape and colour, which shows what
 the codebook cannot draw (a held-out colour–shape pair at the small size).
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from dalle_mini_impl import DATA_DIR, shapes
+from dalle_mini_impl import DATA_DIR, grader, shapes
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train import (
     caption_round_trip_rate,
@@ -39,7 +39,7 @@ def originals_rate(n: int, seed: int) -> float:
     for split in ("test", "compositional"):
         scenes = shapes.make_scenes(split, n, seed)
         for scene, image in zip(scenes, shapes.render_batch(scenes)):
-            ok += bool(shapes.grade(image, scene.caption).match)
+            ok += bool(grader.grade(image, scene.caption).match)
             total += 1
     return ok / total
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dalle_mini_impl import shapes  # noqa: E402
+from dalle_mini_impl import grader, shapes  # noqa: E402
 
 
 def naive_render(scene: shapes.Scene) -> np.ndarray:
@@ -65,12 +65,12 @@ def flood_fill_components(labels: np.ndarray) -> np.ndarray:
 @contextmanager
 def labelling(fn):
     """Temporarily swap the grader's connected-components function."""
-    original = shapes.connected_components
-    shapes.connected_components = fn
+    original = grader.connected_components
+    grader.connected_components = fn
     try:
         yield
     finally:
-        shapes.connected_components = original
+        grader.connected_components = original
 
 
 def rate(fn, n_items: int, repeats: int = 3) -> float:
@@ -95,7 +95,7 @@ def main() -> None:
 
     def grade_all() -> None:
         for image, caption in zip(images, captions):
-            shapes.grade(image, caption)
+            grader.grade(image, caption)
 
     graded = rate(grade_all, len(few))
     with labelling(flood_fill_components):

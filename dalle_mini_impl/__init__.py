@@ -28,7 +28,7 @@ DATA_DIR = Path(os.environ.get("DMI_DATA_DIR", REPO_DIR / "data"))
 CACHE_DIR = Path(os.environ.get("DMI_CACHE_DIR", REPO_DIR / ".cache"))
 
 _SUBMODULES = {
-    "shapes", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
+    "shapes", "grader", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
     "checkpoints", "train", "train_transformer", "train_clip", "pipeline", "evaluate",
     "folder_data", "distributed", "train_all",
     "viz", "widgets", "exercises", "cli",

@@ -132,13 +132,13 @@ def run_grade(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from . import shapes
+    from . import grader
 
     if not args.image.is_file():
         print(f"error: no image at {args.image}", file=sys.stderr)
         return 2
     image = np.asarray(Image.open(args.image).convert("RGB"))
-    grade = shapes.grade(image, args.caption)
+    grade = grader.grade(image, args.caption)
     print(_grade_line(grade))
     return 0 if grade.match else 1
 
@@ -157,6 +157,9 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
                    help="images per step (under torchrun: in all, split over the processes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=_positive_int, default=60_000, help="training images rendered once (default: 60000)")
+    p.add_argument("--source", choices=["images_all", "train"], default="images_all",
+                   help="images_all: every colour-shape pair (the dVAE never reads a caption); "
+                        "train: without the held-out pairs (default: images_all)")
     p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -201,8 +204,8 @@ def run_train_dvae(args: argparse.Namespace) -> int:
         return 2
     try:
         model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                           out_dir=args.out, resume=args.resume, n_images=args.images, precision=args.precision,
-                           threads=args.threads)
+                           out_dir=args.out, resume=args.resume, n_images=args.images, source=args.source,
+                           precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -379,7 +382,7 @@ def _unwritable(out: Path) -> str | None:
 def run_generate(args: argparse.Namespace) -> int:
     import json
 
-    from . import shapes
+    from . import grader
     from .checkpoints import CheckpointError
     from .pipeline import contact_sheet, generate, load_models
 
@@ -412,7 +415,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if result.scores is not None:
             entry["clip_scores"] = [round(float(s), 6) for s in result.scores]
         entries.append(entry)
-        grades = [shapes.grade(image, result.prompt) for image in result.images]
+        grades = [grader.grade(image, result.prompt) for image in result.images]
         graded = (f"{sum(g.match for g in grades)}/{len(grades)} match the prompt" if grades[0].gradable
                   else "not gradable (outside the Shapes grammar)")
         scores = "" if result.scores is None else " | CLIP " + " ".join(f"{s:.3f}" for s in result.scores)
@@ -586,7 +589,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from . import DATA_DIR, shapes
+    from . import DATA_DIR, grader, shapes
     from .bpe import ByteLevelBPE
     from .pipeline import CREATE_COMMANDS
     from .viz import visible
@@ -614,7 +617,7 @@ def run_demo(args: argparse.Namespace) -> int:
         name = f"{_slug(prompt)}.png"
         image = shapes.render(scene)
         _write_png(image, args.out / name)
-        print(f"reference render -> {args.out / name}: {_grade_line(shapes.grade(image, prompt))}")
+        print(f"reference render -> {args.out / name}: {_grade_line(grader.grade(image, prompt))}")
 
     # 2. the models draw it: what `generate` does, with the shipped models
     if (DATA_DIR / "transformer" / "config.json").is_file():

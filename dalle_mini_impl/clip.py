@@ -89,7 +89,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import shapes
+from . import grader, shapes
 from .transformer import encode_captions
 
 # ---------------------------------------------------------------------------
@@ -521,7 +521,7 @@ def scene_attributes(scene: shapes.Scene) -> dict[str, str]:
         raise ValueError(f"zero-shot labels need a one-object scene, got {len(scene.objects)} objects")
     o = scene.objects[0]
     return {"color": o.color, "shape": o.shape, "size": o.size,
-            "position": shapes.POSITION_PHRASES[shapes.position_cell(o.cx, o.cy)]}
+            "position": shapes.POSITION_PHRASES[grader.position_cell(o.cx, o.cy)]}
 
 
 @torch.no_grad()
@@ -569,7 +569,7 @@ def retrieval_at_1(model: CLIP, tokenizer, images: np.ndarray | torch.Tensor, ca
     Shapes captions leave attributes out, so "a red circle" can be true of
     several images in the batch. With ``count_equivalent`` (the default) a
     caption's top image also counts as a hit when the grader says the caption
-    describes it (``shapes.grade``); with False, only its own image counts.
+    describes it (``grader.grade``); with False, only its own image counts.
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -583,5 +583,5 @@ def retrieval_at_1(model: CLIP, tokenizer, images: np.ndarray | torch.Tensor, ca
         elif count_equivalent:
             if pixels is None:
                 pixels = (to_model_images(images).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            hits += bool(shapes.grade(pixels[i], captions[j]).match)
+            hits += bool(grader.grade(pixels[i], captions[j]).match)
     return hits / len(captions)

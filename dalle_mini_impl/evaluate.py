@@ -5,7 +5,7 @@ Scope. The capstone's fidelity measurement, in the spirit of Ramesh et al.
 with the exact Shapes grader in place of human judges. For each of
 ``n_prompts`` held-out captions::
 
-    caption ─▶ sample N candidates ─▶ grade every one with shapes.grade
+    caption ─▶ sample N candidates ─▶ grade every one with grader.grade
             ─▶ score every one with CLIP against the caption ─▶ rank, best first
 
 and three numbers per caption, averaged over the captions:
@@ -17,7 +17,7 @@ and three numbers per caption, averaged over the captions:
   a user looking at the K images ``generate`` keeps would find).
 
 Reported overall, for one- and two-object captions, and per attribute: for each
-check of ``shapes.CHECKS`` (count, colour, shape, size, position, relation),
+check of ``grader.CHECKS`` (count, colour, shape, size, position, relation),
 among the captions that state it, how often that check passes for a random
 candidate, for the CLIP top-1 and for any of the top K. The ranking is always
 by the whole caption; it is not redone per attribute.
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from .sampling import CONDITION_SCALE, TEMPERATURE
-from . import shapes
+from . import grader, shapes
 from .pipeline import Models
 from .train_transformer import sample_images
 from .transformer import encode_captions
@@ -150,7 +150,7 @@ def evaluate_pipeline(
          "reranked": True, "sampling": {"temperature", "top_k", "top_p", "condition_scale", "prompts_per_batch"},
          "overall":      {"random": rate, "top1": rate, "any_of_top_k": rate, "n": captions},
          "by_objects":   {1: row, 2: row},
-         "by_attribute": {check: row among the captions that state it, for each of shapes.CHECKS},
+         "by_attribute": {check: row among the captions that state it, for each of grader.CHECKS},
          "prompts":      [{"caption", "objects", "matches": [bool] * N, "scores": [float] * N or None,
                            "ranking": candidate indices, best first}, ...]}
 
@@ -191,7 +191,7 @@ def evaluate_pipeline(
         scores = None if scorer is None else np.asarray(scorer(row_captions, images), dtype=np.float32)  # (B,)
         for p, caption in enumerate(batch):
             own = slice(p * candidates, (p + 1) * candidates)  # this caption's N rows
-            grades = [shapes.grade(image, caption) for image in images[own]]
+            grades = [grader.grade(image, caption) for image in images[own]]
             own_scores = None if scores is None else scores[own]  # (N,)
             records.append({
                 "caption": caption,
@@ -200,7 +200,7 @@ def evaluate_pipeline(
                 "scores": None if own_scores is None else [float(s) for s in own_scores],
                 "ranking": [int(i) for i in ranking(own_scores, candidates)],
             })
-            stated = [c for c in shapes.CHECKS if grades[0].checks[c] is not None]  # depends on the caption only
+            stated = [c for c in grader.CHECKS if grades[0].checks[c] is not None]  # depends on the caption only
             checks.append({c: np.array([bool(g.checks[c]) for g in grades]) for c in stated})
         bar.update(len(batch))
     bar.close()
@@ -219,7 +219,7 @@ def evaluate_pipeline(
         "overall": _row(outcomes, keep),
         "by_objects": {k: _row([o for o, r in zip(outcomes, records) if r["objects"] == k], keep) for k in (1, 2)},
         "by_attribute": {c: _row([(passes[c], o[1]) for passes, o in zip(checks, outcomes) if c in passes], keep)
-                         for c in shapes.CHECKS},
+                         for c in grader.CHECKS},
         "prompts": records,
     }
 

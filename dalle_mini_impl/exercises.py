@@ -432,23 +432,23 @@ def check_match_rates(fn: Callable) -> bool:
 
 
 def check_failure_counts(fn: Callable) -> bool:
-    """``fn(grades)`` -> ``{check: how many gradable grades fail it}`` for every check of ``shapes.CHECKS``."""
+    """``fn(grades)`` -> ``{check: how many gradable grades fail it}`` for every check of ``grader.CHECKS``."""
     import numpy as np
 
-    from . import shapes
+    from . import grader, shapes
     from .viz import failure_counts
 
     scenes = shapes.make_scenes("test", 12, seed=3)
     images = shapes.render_batch(scenes)
     wrong = [scenes[(i + 1) % len(scenes)].caption for i in range(len(scenes))]  # each image against another caption
     blank = np.full_like(images[0], 255)
-    cases = [[shapes.grade(im, s.caption) for im, s in zip(images, scenes)],  # all match: every count 0
-             [shapes.grade(im, c) for im, c in zip(images, wrong)],
-             [shapes.grade(blank, "a red circle"), shapes.grade(images[0], "a cat on a mat")]]  # count; ungradable
+    cases = [[grader.grade(im, s.caption) for im, s in zip(images, scenes)],  # all match: every count 0
+             [grader.grade(im, c) for im, c in zip(images, wrong)],
+             [grader.grade(blank, "a red circle"), grader.grade(images[0], "a cat on a mat")]]  # count; ungradable
     for grades in cases:
         got = _attempt(fn, list(grades))
         if got is None:
-            return _report("failure_counts", None, "for each name in shapes.CHECKS, count the gradable grades whose "
+            return _report("failure_counts", None, "for each name in grader.CHECKS, count the gradable grades whose "
                            "checks[name] is False (None means the caption does not state it)")
         expected = {k: v for k, v in failure_counts(grades).items() if v}  # checks left out count as 0
         got = {k: int(v) for k, v in dict(got).items() if int(v)}

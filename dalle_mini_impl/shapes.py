@@ -1,4 +1,4 @@
-"""The Shapes dataset: a renderer, a caption grammar, seeded splits and an exact grader.
+"""The Shapes dataset: a renderer, a caption grammar and seeded splits (the grader is ``grader.py``).
 
 Every model in the course trains on small pictures of coloured shapes with a
 caption that describes them, such as ``"a large red circle in the top left"``
@@ -6,8 +6,8 @@ or ``"a small green square to the left of a large purple cross"``. Because we
 draw the pictures ourselves, we also know exactly what every caption means in
 pixels, so a generated image can be *graded*: does it show what was asked?
 
-This module follows ``specs/shapes_dataset.md`` (spec v1) to the letter. It
-reads top to bottom in five parts:
+This module follows ``docs/shapes_dataset.md`` (spec v1) to the letter. It
+reads top to bottom in four parts:
 
 1. **The spec as constants**: palette, shapes, sizes, grid, relations, splits.
 2. **Scenes**: what is in a picture (`ShapeObject`, `Scene`) and how a random
@@ -15,8 +15,9 @@ reads top to bottom in five parts:
 3. **Rendering**: a scene -> a 64 x 64 RGB image (`render`, `render_batch`),
    and `ShapesDataset`, the torch dataset the models train on.
 4. **Captions**: the grammar both ways (`format_caption`, `parse_caption`).
-5. **Grading**: find the objects in any image (`detect_objects`) and check
-   them against a caption (`grade`).
+
+Grading, the spec's last section, is ``grader.py``: it finds the objects in
+any image and checks them against a caption.
 
 Coordinates. ``x`` grows to the right and ``y`` grows *downwards*, as in an
 image array ``image[y, x]``. Pixel ``(row i, column j)`` covers the square
@@ -27,11 +28,10 @@ canvas centre is ``(32.0, 32.0)``. An object of side ``s`` centred at
 Choices the spec leaves open (all module constants below): the probability of
 a two-object scene (`P_TWO_OBJECTS`), of stating a size (`P_STATE_SIZE`) or a
 position (`P_STATE_POSITION`), a minimum gap between two objects' boxes
-(`MIN_BOX_GAP`), the anti-aliasing (`SUPERSAMPLE`) and the grader's tolerances.
+(`MIN_BOX_GAP`) and the anti-aliasing (`SUPERSAMPLE`).
 
 Does not handle:
-- overlapping or touching objects (the spec never draws them; the grader sees
-  two touching blobs of one colour as one object),
+- overlapping or touching objects (the spec never draws them),
 - more than two objects in a caption, or colours and shapes outside the spec,
 - captions with capitals, punctuation, synonyms or extra spaces:
   `parse_caption` is strict and its error says how to fix the caption,
@@ -40,8 +40,7 @@ Does not handle:
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -90,6 +89,10 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset({
     ("green", "triangle"), ("purple", "circle"), ("orange", "diamond"), ("blue", "cross"), ("yellow", "square"),
 })
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")  # "test" = seen pairs
+# The dVAE never reads a caption, so it may train on images of all 30 pairs (the spec's
+# `images_all` source); the transformer and CLIP never see a held-out pair.
+IMAGES_ALL = "images_all"
+_STREAMS: tuple[str, ...] = SPLITS + (IMAGES_ALL,)  # scene_rng's stream index; SPLITS keep theirs
 
 # Sampling choices the spec leaves to us. Whatever a caption omits is still sampled uniformly.
 P_TWO_OBJECTS = 0.5  # probability that a scene has two objects (and a relation)
@@ -130,20 +133,23 @@ class Scene:
 
 
 def pairs_for_split(split: str) -> tuple[tuple[str, str], ...]:
-    """The (colour, shape) pairs a split may use: 5 for ``compositional``, the other 25 otherwise.
+    """The (colour, shape) pairs a split may use: 5 for ``compositional``, all 30 for
+    ``images_all``, the other 25 otherwise.
 
     Example: ``pairs_for_split("compositional")[0] -> ("orange", "diamond")``
     """
     _check_split(split)
     every = [(c, s) for c in COLORS for s in SHAPES]
+    if split == IMAGES_ALL:
+        return tuple(every)
     if split == "compositional":
         return tuple(p for p in every if p in HELD_OUT_PAIRS)
     return tuple(p for p in every if p not in HELD_OUT_PAIRS)
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if split not in _STREAMS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(_STREAMS)}")
 
 
 def _sample_side(rng: np.random.Generator, size: str) -> float:
@@ -239,7 +245,7 @@ def scene_rng(split: str, seed: int, index: int) -> np.random.Generator:
     _check_split(split)
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
-    return np.random.default_rng([seed, SPLITS.index(split), index])
+    return np.random.default_rng([seed, _STREAMS.index(split), index])
 
 
 def make_scenes(split: str, n: int, seed: int = 0) -> list[Scene]:
@@ -540,489 +546,3 @@ def parse_caption(caption: str) -> Description:
     raise CaptionError(
         f"after '{' '.join(words[:i])}' expected a position, a relation or the end, found {rest!r}. {GRAMMAR_HELP}"
     )
-
-
-# ---------------------------------------------------------------------------
-# 5. Grading: find the objects in an image, then check the caption
-# ---------------------------------------------------------------------------
-
-# Grader tolerances (our choices; the tests measure them on noisy, blurred images).
-MIN_ALPHA = 0.5  # a pixel belongs to an object when it is at least half way from white to a colour
-OFF_PALETTE = 0.35  # ... and lies within 0.35 x its distance from white of that white->colour line
-OFF_PALETTE_OBJECT = 0.2  # an object whose median pixel is further off than this is not a palette colour
-#                           (plain grey is 0.31 off green's line; JPEG or a decoder shifts single pixels more)
-MIN_OBJECT_AREA = 30  # components smaller than this are specks: merged into a touching object, else ignored
-EMBEDDED_CONTACT = 0.4  # a component whose edge mostly touches a bigger one is part of it (colour bleed)
-
-_PALETTE_RGB = np.array([PALETTE[c] for c in COLORS], dtype=np.float32)  # (K, 3)
-_TOWARDS = _PALETTE_RGB - 255.0  # (K, 3): from white to each colour
-_TOWARDS_SQ = (_TOWARDS ** 2).sum(axis=1)  # (K,)
-
-
-@dataclass
-class DetectedObject:
-    """An object the grader found: its colour, best-fitting shape and pixel box (centre, side = max(w, h))."""
-
-    color: str
-    shape: str
-    side: float
-    cx: float
-    cy: float
-    area: int  # number of pixels
-    shape_scores: dict[str, float] = field(default_factory=dict, repr=False)  # shape -> fit (IoU)
-
-    @property
-    def size(self) -> str:
-        return size_of(self.side)
-
-    @property
-    def cell(self) -> tuple[int, int]:
-        return position_cell(self.cx, self.cy)
-
-
-@dataclass
-class Grade:
-    """Whether an image shows its caption. ``checks[attr]`` is None when the caption does not state it."""
-
-    match: bool
-    gradable: bool
-    reason: str
-    checks: dict[str, bool | None]
-    found: list[DetectedObject]
-
-
-def size_of(side: float) -> str:
-    """Example: ``size_of(18) -> "small"``, ``size_of(28) -> "large"`` (threshold 23 px)."""
-    return "large" if side >= SIZE_THRESHOLD else "small"
-
-
-def _band(c: float) -> int:
-    return 0 if c < POSITION_LOW else 2 if c > POSITION_HIGH else 1
-
-
-def position_cell(cx: float, cy: float) -> tuple[int, int]:
-    """The (row, col) grid cell of a centre. Example: ``position_cell(50.0, 10.0) -> (0, 2)`` (top right)."""
-    return _band(cy), _band(cx)
-
-
-def relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Does centre ``a`` stand in ``relation`` to centre ``b``? Example: ``relation_holds("above", (5, 10), (9, 40)) -> True``"""
-    axis, sign = RELATION_AXIS[relation]
-    return bool(sign * (a[axis] - b[axis]) > 0)
-
-
-def to_rgb_array(image) -> np.ndarray:
-    """Any RGB image -> float32 (64, 64, 3) in [0, 255].
-
-    Accepts numpy HWC (uint8, or float in [0, 1]), torch CHW or HWC (float in
-    [0, 1] or uint8), a leading batch axis of 1, or a PIL image. Other sizes
-    are resized to 64 x 64 (bilinear, anti-aliased).
-    """
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
-    elif isinstance(image, torch.Tensor):
-        arr = image.detach().cpu().numpy()
-    else:
-        arr = np.asarray(image)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[-1] != 3 and arr.shape[0] == 3:
-        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected one RGB image (H, W, 3) or (3, H, W), got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32)
-    elif np.issubdtype(arr.dtype, np.floating):
-        high = float(np.nanmax(arr)) if arr.size else 0.0
-        if high > 1.5:
-            raise ValueError(f"a float image must be in [0, 1] (max is {high:.1f}): divide it by 255")
-        arr = np.clip(np.nan_to_num(arr.astype(np.float32), nan=1.0), 0.0, 1.0) * 255.0
-    else:
-        raise ValueError(f"expected uint8 or float pixels, got {arr.dtype}")
-    if arr.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-        pil = Image.fromarray(np.rint(arr).astype(np.uint8))
-        arr = np.asarray(pil.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float32)
-    return arr
-
-
-def classify_pixels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label each pixel with a palette colour index, or -1 for background.
-
-    Every pixel an object can produce lies on a line from white to its colour
-    (an edge pixel is a blend ``white + alpha * (colour - white)``). So each
-    pixel is projected onto the six lines: ``alpha`` says how far along, the
-    residual how far off. It gets the colour whose line is nearest, if it is
-    at least `MIN_ALPHA` of the way there and not too far off the line (grey,
-    black and other off-palette pixels count as background).
-    This is nearest-colour matching that also reads anti-aliased edges right:
-    a half-covered orange pixel is nearer yellow than orange, but it lies on
-    the orange line.
-
-    With ``d = pixel - white`` and ``t = colour - white``:
-    ``alpha = max(d.t / |t|^2, 0)`` and ``residual^2 = |d|^2 - 2 alpha d.t + alpha^2 |t|^2``.
-
-    Returns ``(labels, alpha, off)``: int (H, W) in -1..5, and float (H, W)
-    each: how far along and how far off (as a fraction of the distance from
-    white) the nearest line each pixel is (both 0 for pixels so near white
-    that they cannot be half way to any colour: those are skipped).
-    """
-    h, w, _ = rgb.shape
-    labels = np.full(h * w, -1, dtype=np.int64)
-    alphas = np.zeros(h * w, dtype=np.float32)
-    offs = np.zeros(h * w, dtype=np.float32)
-    d = rgb.reshape(-1, 3) - 255.0  # (P, 3): from white to each pixel
-    far2 = (d ** 2).sum(axis=1)  # squared distance from white
-    # alpha >= MIN_ALPHA needs |d| >= d.t / |t| >= MIN_ALPHA |t|: nearer white is background.
-    idx = np.flatnonzero(far2 >= MIN_ALPHA ** 2 * _TOWARDS_SQ.min())
-    d, far2 = d[idx], far2[idx]
-    dot = d @ _TOWARDS.T  # (P', K)
-    alpha = np.maximum(dot / _TOWARDS_SQ, 0.0)
-    residual2 = np.maximum(far2[:, None] - 2 * alpha * dot + alpha ** 2 * _TOWARDS_SQ, 0.0)  # (P', K)
-    k = residual2.argmin(axis=1)
-    a = alpha[np.arange(len(k)), k]
-    r2 = residual2[np.arange(len(k)), k]
-    off = np.sqrt(r2 / far2)
-    ok = (a >= MIN_ALPHA) & (off <= OFF_PALETTE)
-    labels[idx[ok]] = k[ok]
-    alphas[idx], offs[idx] = a, off
-    return labels.reshape(h, w), alphas.reshape(h, w), offs.reshape(h, w)
-
-
-_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-
-
-def _shift(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
-    """``out[y, x] = a[y + dy, x + dx]``, with ``fill`` off the edge."""
-    out = np.full_like(a, fill)
-    h, w = a.shape
-    out[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)] = a[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-    return out
-
-
-def row_runs(labels: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Every run of equal, non-negative labels in every row: ``(row, start, stop, label)``, reading order.
-
-    Example: ``[[-1, 2, 2, -1, 0]] -> [(0, 1, 3, 2), (0, 4, 5, 0)]``
-    """
-    h, w = labels.shape
-    starts_here = np.ones((h, w), dtype=bool)
-    starts_here[:, 1:] = labels[:, 1:] != labels[:, :-1]  # a run starts where the label changes
-    ys, starts = np.nonzero(starts_here)  # reading order
-    last_in_row = np.append(ys[1:] != ys[:-1], True)
-    stops = np.where(last_in_row, w, np.append(starts[1:], w))  # a run stops where the next starts
-    runs = zip(ys.tolist(), starts.tolist(), stops.tolist(), labels[ys, starts].tolist())
-    return [run for run in runs if run[3] >= 0]
-
-
-def connected_components(labels: np.ndarray) -> np.ndarray:
-    """Split a label image into 8-connected regions of equal label (label -1 = background).
-
-    Returns int (H, W): 0 for background, 1..n per region, numbered in the
-    order their first pixel is met reading top to bottom, left to right.
-
-    The classic idea on runs: cut every row into runs of one label; a run
-    joins each run of the same label in the row above that touches it
-    (overlaps, or meets it at a corner); a union-find keeps track of which
-    runs ended up in one region. Example: ``[[0, 0, -1, 1]] -> [[1, 1, 0, 2]]``
-    """
-    runs = row_runs(labels)
-    parent = list(range(len(runs)))  # union-find: run -> a run in the same region
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]  # path halving keeps the trees flat
-            i = parent[i]
-        return i
-
-    above: list[int] = []  # the runs of the previous row
-    current: list[int] = []  # the runs of this row so far
-    for i, (y, start, stop, label) in enumerate(runs):
-        if current and runs[current[0]][0] != y:  # a new row begins
-            above = current if runs[current[0]][0] == y - 1 else []
-            current = []
-        for j in above:
-            _, a_start, a_stop, a_label = runs[j]
-            if a_label == label and a_start <= stop and a_stop >= start:  # touches, corners included
-                ri, rj = find(i), find(j)
-                parent[max(ri, rj)] = min(ri, rj)
-        current.append(i)
-    out = np.zeros(labels.shape, dtype=np.int64)
-    number: dict[int, int] = {}  # root run -> region number
-    for i, (y, start, stop, _) in enumerate(runs):
-        out[y, start:stop] = number.setdefault(find(i), len(number) + 1)
-    return out
-
-
-def _merge_fragments(regions: np.ndarray, labels: np.ndarray) -> dict[int, list[int]]:
-    """Group regions into objects: specks and colour bleed join the object they touch.
-
-    A region joins the biggest region it touches when it is a speck (fewer
-    than `MIN_OBJECT_AREA` pixels) or when at least `EMBEDDED_CONTACT` of its
-    outline touches that bigger region (a patch of the wrong colour inside or
-    along an object). Isolated specks are dropped. Returns root region ->
-    members, the root being the region whose colour the object takes.
-    """
-    n = int(regions.max())
-    areas = np.bincount(regions.ravel(), minlength=n + 1)
-    owner = list(range(n + 1))  # region -> the region it joined
-
-    def root(r: int) -> int:
-        while owner[r] != r:
-            r = owner[r]
-        return r
-
-    for r in sorted(range(1, n + 1), key=lambda r: areas[r]):  # smallest first
-        mask = regions == r
-        grown = mask.copy()
-        for dy, dx in _NEIGHBOURS:
-            grown |= _shift(mask, dy, dx, False)
-        touching = np.unique(regions[grown & ~mask & (regions > 0)])
-        bigger = [t for t in touching if areas[root(t)] > areas[r] and root(t) != r]
-        if not bigger:
-            if areas[r] < MIN_OBJECT_AREA:
-                owner[r] = 0  # an isolated speck: ignored
-            continue
-        best = max(bigger, key=lambda t: areas[root(t)])
-        outline = mask & ~np.logical_and.reduce([_shift(mask, dy, dx, False) for dy, dx in _NEIGHBOURS])
-        contact = np.zeros_like(mask)
-        best_mask = regions == best
-        for dy, dx in _NEIGHBOURS:
-            contact |= _shift(best_mask, dy, dx, False)
-        ratio = (contact & outline).sum() / max(outline.sum(), 1)
-        if areas[r] < MIN_OBJECT_AREA or ratio >= EMBEDDED_CONTACT:
-            target = root(best)
-            owner[r] = target
-            areas[target] += areas[r]
-    groups: dict[int, list[int]] = {}
-    for r in range(1, n + 1):
-        top = root(r)
-        if top != 0:
-            groups.setdefault(top, []).append(r)
-    return groups
-
-
-# Area of each shape as a fraction of its box (s x s), and how far its centroid
-# sits below the box centre, as a fraction of s (a triangle's mass is low).
-SHAPE_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}
-CENTROID_DROP = {"circle": 0.0, "square": 0.0, "triangle": 1 / 6, "diamond": 0.0, "cross": 0.0}
-# When no sharp template fits clearly (best IoU below CONFIDENT_FIT, or the runner-up
-# within CLEAR_MARGIN), the templates are also tried blurred by these amounts (px).
-CONFIDENT_FIT, CLEAR_MARGIN = 0.9, 0.08
-TEMPLATE_BLURS = (1.0, 1.7)
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """A normalised 1-D Gaussian, radius ceil(2.5 sigma). Example: ``gaussian_kernel(1.0).sum() -> 1.0``"""
-    radius = max(1, int(np.ceil(2.5 * sigma)))
-    x = np.arange(-radius, radius + 1)
-    k = np.exp(-x ** 2 / (2 * sigma ** 2))
-    return k / k.sum()
-
-
-def blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a 2-D array (zeros beyond the edge), one axis at a time."""
-    k = gaussian_kernel(sigma)
-    r = len(k) // 2
-    h, w = a.shape
-    p = np.pad(a, ((r, r), (0, 0)))
-    a = sum(k[i] * p[i:i + h] for i in range(len(k)))  # along y
-    p = np.pad(a, ((0, 0), (r, r)))
-    return sum(k[i] * p[:, i:i + w] for i in range(len(k)))  # along x
-
-
-def _template(shape: str, px: np.ndarray, py: np.ndarray, place: tuple[float, float, float], samples: int = 1) -> np.ndarray:
-    """Coverage (H, W) of ``shape`` in the box ``place = (cx, cy, side)`` at pixel centres ``px``, ``py``."""
-    cx, cy, side = place
-    offsets = (np.arange(samples) + 0.5) / samples - 0.5
-    xs = (px[:, None] + offsets).ravel()
-    ys = (py[:, None] + offsets).ravel()
-    inside = inside_shape(shape, ((xs - cx) / (side / 2))[None, :], ((ys - cy) / (side / 2))[:, None])
-    if samples == 1:
-        return inside  # one test per pixel: a bool mask is its own coverage
-    return inside.reshape(len(py), samples, len(px), samples).mean(axis=(1, 3))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.count_nonzero(a & b)
-    return inter / max(np.count_nonzero(a) + np.count_nonzero(b) - inter, 1)
-
-
-def shape_scores(mask: np.ndarray) -> dict[str, float]:
-    """How well each shape fits a binary object mask: its best IoU with the shape's template.
-
-    Each shape's template is placed in two ways and the better one counts:
-
-    1. in the mask's box (side = max(width, height); when the box is not square,
-       for instance a triangle whose soft apex fell below threshold, also flush
-       with either end of the long side);
-    2. with the mask's *area* (side = sqrt(area / fill), fill = the shape's share
-       of its box) at the mask's centroid. Blur and rounded corners shave the
-       tips of a diamond or a cross, which shrinks the box, but they hardly
-       change the area or the centroid, so this keeps a soft diamond a diamond.
-
-    When no shape fits clearly, the image was probably blurred, so each
-    template is also blurred (`TEMPLATE_BLURS`) and cut at 0.5 the way the
-    image was: blur rounds a cross's outer corners *and* fills its inner ones,
-    and a sharp template cannot show that.
-    """
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    w, h = x1 - x0, y1 - y0
-    side = max(w, h)
-    area = len(xs)
-    gx, gy = xs.mean() + 0.5, ys.mean() + 0.5  # centroid
-    # A window around the mask, big enough for every placement and blur.
-    pad = int(np.ceil(side * 0.5)) + 5
-    wy0, wy1 = max(y0 - pad, 0), min(y1 + pad, mask.shape[0])
-    wx0, wx1 = max(x0 - pad, 0), min(x1 + pad, mask.shape[1])
-    window = mask[wy0:wy1, wx0:wx1]
-    px = np.arange(wx0, wx1) + 0.5  # pixel centres
-    py = np.arange(wy0, wy1) + 0.5
-    cx_options = [(x0 + x1) / 2] if w == side else [x0 + side / 2, (x0 + x1) / 2, x1 - side / 2]
-    cy_options = [(y0 + y1) / 2] if h == side else [y0 + side / 2, (y0 + y1) / 2, y1 - side / 2]
-    places: dict[str, list[tuple[float, float, float]]] = {}  # shape -> [(cx, cy, side), ...]
-    for shape in SHAPES:
-        fitted = float(np.sqrt(area / SHAPE_FILL[shape]))
-        places[shape] = [(cx, cy, float(side)) for cx, cy in itertools.product(cx_options, cy_options)]
-        places[shape].append((gx, gy - CENTROID_DROP[shape] * fitted, fitted))
-
-    scores = {s: max(_iou(_template(s, px, py, p) >= 0.5, window) for p in places[s]) for s in SHAPES}
-    first, second = sorted(scores.values())[-1:-3:-1]
-    if first >= CONFIDENT_FIT and first - second >= CLEAR_MARGIN:
-        return scores
-    for shape in SHAPES:
-        for place in places[shape]:
-            cov = _template(shape, px, py, place, samples=2)
-            for sigma in TEMPLATE_BLURS:
-                scores[shape] = max(scores[shape], _iou(blur(cov, sigma) >= 0.5, window))
-    return scores
-
-
-def detect_objects(image) -> list[DetectedObject]:
-    """Find every object in an RGB image: colour, shape, box side and centre, area.
-
-    Steps: resize to 64 x 64 -> label pixels with palette colours
-    (`classify_pixels`) -> connected regions per colour -> merge specks and
-    colour bleed into the object they touch -> drop objects whose colour is
-    off the palette -> for each object, its box
-    (centre = box centre, side = max(width, height)) and the shape whose
-    template fits best. Two separate blobs of one colour are two objects.
-    Sorted left to right (then top to bottom).
-    """
-    labels, _, off = classify_pixels(to_rgb_array(image))
-    regions = connected_components(labels)
-    found = []
-    for top, members in _merge_fragments(regions, labels).items():
-        mask = np.isin(regions, members)
-        if np.median(off[mask]) > OFF_PALETTE_OBJECT:
-            continue  # a blob of some other colour (grey, black, brown...): not a Shapes object
-        ys, xs = np.nonzero(mask)
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        scores = shape_scores(mask)
-        found.append(DetectedObject(
-            color=COLORS[int(labels[regions == top][0])],
-            shape=max(scores, key=scores.get),
-            side=float(max(x1 - x0, y1 - y0)),
-            cx=(x0 + x1) / 2,
-            cy=(y0 + y1) / 2,
-            area=int(mask.sum()),
-            shape_scores=scores,
-        ))
-    return sorted(found, key=lambda o: (o.cx, o.cy))
-
-
-CHECKS = ("count", "color", "shape", "size", "position", "relation")
-
-
-def _checks(
-    desc: Description, n_found: int, assigned: list[DetectedObject | None]
-) -> tuple[dict[str, bool | None], int]:
-    """Each check for one pairing of ``desc.objects`` with found objects, and how many facts hold.
-
-    A check is None when the caption does not state that attribute.
-    """
-    pairs = list(zip(desc.objects, assigned))
-    color = [o is not None and o.color == p.color for p, o in pairs]
-    shape = [o is not None and o.shape == p.shape for p, o in pairs]
-    size = [o is not None and o.size == p.size for p, o in pairs if p.size is not None]
-    checks: dict[str, bool | None] = {
-        "count": n_found == len(desc.objects),
-        "color": all(color),
-        "shape": all(shape),
-        "size": all(size) if size else None,
-        "position": None,
-        "relation": None,
-    }
-    if desc.position is not None:
-        o = assigned[0]
-        checks["position"] = o is not None and o.cell == desc.position
-    if desc.relation is not None:
-        a, b = assigned
-        checks["relation"] = a is not None and b is not None and relation_holds(
-            desc.relation, (a.cx, a.cy), (b.cx, b.cy))
-    score = sum(color) + sum(shape) + sum(size) + bool(checks["position"]) + bool(checks["relation"])
-    return checks, score
-
-
-def _describe(o: DetectedObject) -> str:
-    return f"{article(o.size)} {o.size} {o.color} {o.shape} at ({o.cx:.1f}, {o.cy:.1f})"
-
-
-def grade(image, caption: str) -> Grade:
-    """Does ``image`` show what ``caption`` says? Never raises for a bad caption.
-
-    The image matches when the grader finds exactly as many objects as the
-    caption names and every stated attribute holds: colour, shape, size (box
-    side vs 23 px), position cell (centre vs 24 / 40 px) and relation (centres
-    along the relation's axis). When there are several ways to pair the
-    caption's objects with the found ones, the pairing that makes the most
-    checks hold is used. A caption outside the grammar gives ``gradable=False``.
-    """
-    try:
-        desc = parse_caption(caption)
-    except CaptionError as err:
-        return Grade(False, False, f"the prompt is outside the Shapes grammar, so it cannot be graded ({err})",
-                     {k: None for k in CHECKS}, [])
-    found = detect_objects(image)
-    named = desc.objects
-
-    # Pair the caption's objects with found ones (unpaired ones get None) every
-    # possible way, and keep the pairing under which the most checks hold.
-    best: tuple[dict[str, bool | None], int] | None = None
-    best_assigned: list[DetectedObject | None] = []
-    k = min(len(named), len(found))
-    for order in itertools.permutations(range(len(found)), k):
-        assigned = [found[i] for i in order] + [None] * (len(named) - k)
-        result = _checks(desc, len(found), assigned)
-        if best is None or result[1] > best[1]:
-            best, best_assigned = result, assigned
-    checks = {name: None if v is None else bool(v) for name, v in best[0].items()}  # plain bools
-    match = all(v is not False for v in checks.values())
-
-    # A plain-language reason, one clause per failed check.
-    if match:
-        reason = "match: found " + "; ".join(_describe(o) for o in found)
-        return Grade(True, True, reason, checks, found)
-    problems = []
-    if not checks["count"]:
-        listing = "; ".join(_describe(o) for o in found) or "nothing"
-        problems.append(f"count: the caption names {len(named)} object(s), found {len(found)} ({listing})")
-    for p, o in zip(named, best_assigned):
-        if o is None:
-            continue
-        if p.color != o.color:
-            problems.append(f"color: expected {p.color}, found {o.color}")
-        if p.shape != o.shape:
-            problems.append(f"shape: expected {p.shape}, found {o.shape}")
-        if p.size is not None and p.size != o.size:
-            problems.append(f"size: expected {p.size}, found a box side of {o.side:.0f} px ({o.size})")
-    if checks["position"] is False and best_assigned[0] is not None:
-        o = best_assigned[0]
-        problems.append(f"position: expected {POSITION_PHRASES[desc.position]!r}, found centre ({o.cx:.1f}, "
-                        f"{o.cy:.1f}), which is {POSITION_PHRASES[o.cell]!r}")
-    if checks["relation"] is False and None not in best_assigned:
-        problems.append(f"relation: the {named[0].color} {named[0].shape} is not {desc.relation} the "
-                        f"{named[1].color} {named[1].shape}")
-    return Grade(False, True, "no match: " + "; ".join(problems), checks, found)

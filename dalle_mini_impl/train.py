@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoints, distributed, get_device, seed_everything, shapes
+from . import checkpoints, distributed, get_device, grader, seed_everything, shapes
 from .dvae import DVAE, DVAEConfig, codebook_stats, kl_weight_at, lr_at, psnr, restart_dead_codes, tau_at
 
 MODEL_TYPE = "dvae"
@@ -117,9 +117,13 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def training_images(n: int, seed: int) -> np.ndarray:
-    """``n`` Shapes training images, uint8 (n, 64, 64, 3), rendered once (about 0.5 ms each)."""
-    return shapes.ShapesDataset("train", size=n, seed=seed).images
+def training_images(n: int, seed: int, source: str = shapes.IMAGES_ALL) -> np.ndarray:
+    """``n`` Shapes images, uint8 (n, 64, 64, 3), rendered once (about 0.5 ms each).
+
+    ``source``: ``"images_all"`` (every colour-shape pair: the dVAE never reads a caption) or
+    ``"train"`` (the held-out pairs left out, as the transformer and CLIP see them).
+    """
+    return shapes.ShapesDataset(source, size=n, seed=seed).images
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +151,7 @@ def train_dvae(
     resume: bool = False,
     images: np.ndarray | torch.Tensor | None = None,
     n_images: int = 60_000,
+    source: str = shapes.IMAGES_ALL,
     until: int | None = None,
     checkpoint_every: int = 200,
     sample_every: int = 500,
@@ -160,7 +165,8 @@ def train_dvae(
     """Train a dVAE on Shapes images (or yours) and keep it in ``out_dir`` (a loadable model folder).
 
     ``images``: uint8 (N, H, W, C) or float (N, C, H, W) training images;
-    by default ``n_images`` Shapes training images rendered from ``seed``.
+    by default ``n_images`` Shapes images of ``source`` rendered from ``seed``
+    (``"images_all"``: every colour-shape pair; ``"train"``: without the held-out ones).
     ``preview_images``: the images shown in the sample PNGs (default: 8
     held-out Shapes images). ``until``: stop after this step (the schedules
     still span ``steps``); call again with ``resume=True`` to go on — a
@@ -180,7 +186,7 @@ def train_dvae(
     seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
 
     # data: rendered once, kept as uint8 (60k images = 740 MB as float, 184 MB as uint8)
-    data = images if images is not None else training_images(n_images, seed)
+    data = images if images is not None else training_images(n_images, seed, source)
     data = torch.from_numpy(data) if isinstance(data, np.ndarray) else data
     N = len(data)
     if preview_images is None:
@@ -323,7 +329,7 @@ def evaluate_reconstructions(
     """Grade argmax reconstructions of held-out Shapes images against their captions.
 
     For each split: ``n_per_split`` scenes rendered from ``seed``, encoded to
-    codes, decoded, quantised to uint8 and graded by ``shapes.grade``. Returns
+    codes, decoded, quantised to uint8 and graded by ``grader.grade``. Returns
     ``{"match": overall rate, "by_split": {split: rate}, "by_objects": {1: rate, 2: rate},
     "failures": {check: count}, "psnr": dB, "perplexity": ..., "dead_codes": ..., "n": ...}``.
     """
@@ -335,7 +341,7 @@ def evaluate_reconstructions(
         x_rec = reconstruct_batched(model, x)  # (n, C, H, W)
         rec_u8 = to_uint8_images(x_rec)  # (n, H, W, C)
         for scene, image in zip(scenes, rec_u8):
-            g = shapes.grade(image, scene.caption)
+            g = grader.grade(image, scene.caption)
             rows.append((split, len(scene.objects), bool(g.match), g.checks))
         originals.append(x)
         recons.append(x_rec)
@@ -377,7 +383,7 @@ def caption_round_trip_rate(model: DVAE, caption: str, n: int = 40, seed: int = 
     scenes = [shapes.scene_for_caption(caption, rng) for _ in range(n)]
     x_rec = reconstruct_batched(model.eval(), to_float_images(shapes.render_batch(scenes)))
     rec_u8 = to_uint8_images(x_rec)  # (n, H, W, C)
-    return sum(bool(shapes.grade(image, caption).match) for image in rec_u8) / n
+    return sum(bool(grader.grade(image, caption).match) for image in rec_u8) / n
 
 
 def format_report(report: dict) -> str:

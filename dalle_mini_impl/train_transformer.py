@@ -35,7 +35,7 @@ captions, forward, backward, step — over data prepared once:
   reports. In one process nothing changes.
 
 ``evaluate_samples`` measures a transformer the way the course does: draw one
-image per held-out caption and ask ``shapes.grade`` whether it shows the
+image per held-out caption and ask ``grader.grade`` whether it shows the
 caption — overall, for one- and two-object captions, and per attribute.
 
 Letters used in shape comments: B batch size, Lt text length, G grid side
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from .sampling import CONDITION_SCALE, TEMPERATURE
-from . import CACHE_DIR, DATA_DIR, checkpoints, distributed, get_device, seed_everything, shapes
+from . import CACHE_DIR, DATA_DIR, checkpoints, distributed, get_device, grader, seed_everything, shapes
 from .dvae import DVAE, cosine_schedule
 from .folder_data import FolderDataset, pick_caption_rows
 from .sampling import sample
@@ -291,7 +291,7 @@ def evaluate_samples(
     batch_size: int = 50,
     progress: bool = False,
 ) -> dict:
-    """Draw one image for each of ``n_prompts`` captions of ``split`` and grade it with ``shapes.grade``.
+    """Draw one image for each of ``n_prompts`` captions of ``split`` and grade it with ``grader.grade``.
 
     The captions are those of ``shapes.make_scenes(split, n_prompts, seed)``,
     and ``seed`` also seeds the sampler, so a report is repeatable. Returns
@@ -311,7 +311,7 @@ def evaluate_samples(
         images, _ = sample_images(model, dvae, text[i:i + batch_size], temperature=temperature, top_k=top_k,
                                   top_p=top_p, condition_scale=condition_scale, generator=generator)
         for scene, image in zip(scenes[i:i + batch_size], images):
-            rows.append((len(scene.objects), shapes.grade(image, scene.caption)))
+            rows.append((len(scene.objects), grader.grade(image, scene.caption)))
 
     def rate(values: list[bool]) -> float | None:
         return sum(values) / len(values) if values else None
@@ -319,7 +319,7 @@ def evaluate_samples(
     return {
         "match": rate([g.match for _, g in rows]),
         "by_objects": {k: rate([g.match for n, g in rows if n == k]) for k in (1, 2)},
-        "by_attribute": {c: rate([g.checks[c] for _, g in rows if g.checks[c] is not None]) for c in shapes.CHECKS},
+        "by_attribute": {c: rate([g.checks[c] for _, g in rows if g.checks[c] is not None]) for c in grader.CHECKS},
         "n": len(rows),
         "split": split,
         "condition_scale": condition_scale,

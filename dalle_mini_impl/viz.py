@@ -794,7 +794,7 @@ def _frame(ax: plt.Axes) -> None:
 
 
 def _verdict(grade) -> tuple[str, str]:
-    """A grade (``shapes.Grade``, a bool, or None) -> (mark, colour): ✓ green, ✗ red, ? grey (not gradable)."""
+    """A grade (``grader.Grade``, a bool, or None) -> (mark, colour): ✓ green, ✗ red, ? grey (not gradable)."""
     if grade is None or (hasattr(grade, "gradable") and not grade.gradable):
         return "?", "#64748b"
     ok = bool(grade.match if hasattr(grade, "match") else grade)
@@ -804,7 +804,7 @@ def _verdict(grade) -> tuple[str, str]:
 def draw_graded_samples(images, grades=None, title: str | None = None, cols: int = 8, scale: float = 1.3):
     """Images in a grid with the grader's verdict under each: ✓ (match), ✗ (no match) or ? (cannot be graded).
 
-    ``grades``: one ``shapes.Grade`` (or bool, or None) per image. Returns ``(fig, axes)``.
+    ``grades``: one ``grader.Grade`` (or bool, or None) per image. Returns ``(fig, axes)``.
     """
     imgs = to_hwc_uint8(images)  # (n, H, W, 3)
     n = len(imgs)
@@ -829,13 +829,13 @@ def draw_graded_samples(images, grades=None, title: str | None = None, cols: int
 
 def playground_samples(model, dvae, tokenizer, prompt: str, n: int = 8, temperature: float = TEMPERATURE, top_k: int = 0,
                        top_p: float = 1.0, condition_scale: float = CONDITION_SCALE, seed: int = 0):
-    """Sample ``n`` images for ``prompt`` and grade each: returns (uint8 images (n, H, W, 3), list of ``shapes.Grade``).
+    """Sample ``n`` images for ``prompt`` and grade each: returns (uint8 images (n, H, W, 3), list of ``grader.Grade``).
 
     ``top_k`` 0 and ``top_p`` 1.0 mean "off". The same (prompt, knobs, seed) always gives the same images.
     """
     import torch
 
-    from . import shapes
+    from . import grader
     from .train_transformer import sample_images
     from .transformer import encode_captions
 
@@ -845,7 +845,7 @@ def playground_samples(model, dvae, tokenizer, prompt: str, n: int = 8, temperat
     images, _ = sample_images(model, dvae, text, temperature=temperature, top_k=top_k or None,
                               top_p=top_p if top_p < 1.0 else None, condition_scale=condition_scale,
                               generator=generator)  # (n, H, W, 3)
-    return images, [shapes.grade(image, prompt) for image in images]
+    return images, [grader.grade(image, prompt) for image in images]
 
 
 def samples_title(prompt: str, grades) -> str:
@@ -924,7 +924,7 @@ UNGRADABLE = "#64748b"  # grey "?" under an image whose prompt is outside the Sh
 def verdict_label(grade) -> tuple[str, str]:
     """What to write under a graded image, and in which colour.
 
-    ``grade``: a :class:`dalle_mini_impl.shapes.Grade`, a bool, or None (not graded).
+    ``grade``: a :class:`dalle_mini_impl.grader.Grade`, a bool, or None (not graded).
     Example: a Grade whose shape and size checks failed -> ``("✗ shape, size", "#dc2626")``;
     True -> ``("✓", "#15803d")``; an ungradable prompt -> ``("?", "#64748b")``.
     """
@@ -1115,7 +1115,7 @@ def draw_scored_images(images, scores=None, grades=None, title: str | None = Non
     """Images in a grid, each with its label and score above and the grader's verdict below.
 
     ``scores``: one float per image (e.g. CLIP cosine similarity) or None;
-    ``grades``: per image a :class:`dalle_mini_impl.shapes.Grade` (✓, or ✗ with
+    ``grades``: per image a :class:`dalle_mini_impl.grader.Grade` (✓, or ✗ with
     the failed checks, or ? for a prompt outside the grammar), a bool, or None;
     ``labels``: the text before each score (default ``#1``, ``#2``, …: the rank).
     Returns ``(fig, axes)``.
@@ -1169,7 +1169,7 @@ def draw_retrieval(captions: Sequence[str], images, sims, k: int = 5, scale: flo
     """
     import textwrap
 
-    from . import shapes
+    from . import grader
 
     imgs = to_hwc_uint8(images)
     s = np.asarray(sims.detach().cpu().float() if hasattr(sims, "detach") else sims, dtype=np.float64)  # (N, M)
@@ -1190,7 +1190,7 @@ def draw_retrieval(captions: Sequence[str], images, sims, k: int = 5, scale: flo
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{s[i, j]:.3f}", fontsize=7, pad=2)
-            text, color = verdict_label(shapes.grade(imgs[i], caption).match)
+            text, color = verdict_label(grader.grade(imgs[i], caption).match)
             ax.set_xlabel(text, color=color, fontsize=9, labelpad=1)
             for spine in ax.spines.values():
                 spine.set_color("#cbd5e1")
@@ -1216,13 +1216,13 @@ def draw_generation(models, prompt: str = "a large red circle in the top left", 
     in sampling order. The title counts the ✓ among all candidates and among
     those shown. Returns ``(fig, axes)``.
     """
-    from . import pipeline, shapes
+    from . import grader, pipeline
 
     keep = candidates if keep is None else keep
     result = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
                                keep=candidates, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                                condition_scale=condition_scale, clip_model=models.clip, device=device)[0]
-    grades = [shapes.grade(image, prompt) for image in result.images]
+    grades = [grader.grade(image, prompt) for image in result.images]
     ranked = result.scores is not None
     shown = (f"{candidates} candidates" if keep == candidates else f"the best {keep} of {candidates} candidates") \
         if ranked else f"{keep} of {candidates} candidates in sampling order (no CLIP model)"
@@ -1280,7 +1280,7 @@ def plot_fidelity_vs_n(ns: Sequence[int], top1: Sequence[float], oracle: Sequenc
 # Capstone (lesson 5): the whole pipeline, evaluated
 # ---------------------------------------------------------------------------
 # Reports are those of dalle_mini_impl.evaluate.evaluate_pipeline; grades are
-# dalle_mini_impl.shapes.Grade objects. The prompt playground draws with
+# dalle_mini_impl.grader.Grade objects. The prompt playground draws with
 # draw_generation (lesson 4).
 
 EVALUATION_COLORS = {"random": "#94a3b8", "top1": "#1d4ed8", "any_of_top_k": "#f59e0b"}
@@ -1326,43 +1326,34 @@ NO_OBJECT = "no object found to check it"  # a colour, shape, ... check that fai
 
 
 def failure_reasons(grade) -> dict[str, str]:
-    """The grader's reason, split by check: only the failed checks, each with its own explanation.
+    """The grader's failures by check: only the failed checks, each with its own explanation.
 
-    Example: a grade whose reason is ``"no match: color: expected red, found
-    orange; size: expected large, found a box side of 18 px (small)"`` ->
+    Example: a grade that failed on colour and size ->
     ``{"color": "expected red, found orange", "size": "expected large, found a box side of 18 px (small)"}``.
     A check that failed because the caption's object was not found at all gets ``NO_OBJECT``.
     """
-    import re
-
-    from . import shapes
-
     if grade.match or not grade.gradable:
         return {}
-    body = grade.reason.removeprefix("no match: ")
-    names = "|".join(shapes.CHECKS)
-    clauses = re.split(rf"; (?=(?:{names}): )", body)  # a count clause may list objects separated by "; "
-    out = {}
-    for clause in clauses:
-        name, _, text = clause.partition(": ")
-        if name in shapes.CHECKS:
-            out[name] = text
-    for name, ok in grade.checks.items():  # a failed check the reason does not spell out
+    out: dict[str, str] = {}
+    for failure in grade.failures:  # the grader's failures, as data
+        text = f"expected {failure.expected}, found {failure.found}"
+        out[failure.check] = f"{out[failure.check]}; {text}" if failure.check in out else text
+    for name, ok in grade.checks.items():  # a failed check with no failure of its own: its object was not found
         if ok is False and name not in out:
             out[name] = NO_OBJECT
     return out
 
 
 def failure_counts(grades) -> dict[str, int]:
-    """How many of the (gradable) ``grades`` fail each check of ``shapes.CHECKS``, most frequent first.
+    """How many of the (gradable) ``grades`` fail each check of ``grader.CHECKS``, most frequent first.
 
     An image can fail several checks at once. Example: grades with checks
     {color: False, shape: True, ...} and {color: False, shape: False, ...} ->
     {"color": 2, "shape": 1, "count": 0, ...}.
     """
-    from . import shapes
+    from . import grader
 
-    counts = {name: sum(g.gradable and g.checks[name] is False for g in grades) for name in shapes.CHECKS}
+    counts = {name: sum(g.gradable and g.checks[name] is False for g in grades) for name in grader.CHECKS}
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
@@ -1373,7 +1364,7 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
     whose caption states it); then up to ``per_check`` images that fail it,
     with their caption above and the grader's explanation for that check below.
     ``images``: one per caption (e.g. CLIP's top-1); ``grades``: their
-    ``shapes.grade``. Returns ``(fig, axes)``; a gallery without failures draws one line saying so.
+    ``grader.grade``. Returns ``(fig, axes)``; a gallery without failures draws one line saying so.
     """
     import textwrap
 

@@ -152,7 +152,7 @@ def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=N
 def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circle in the top left", n: int = 8,
                         temperature: float = TEMPERATURE, top_k: int = 0, top_p: float = 1.0, condition_scale: float = CONDITION_SCALE,
                         seed: int = 0):
-    """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``shapes.grade``.
+    """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``grader.grade``.
 
     top-k 0 and top-p 1.0 mean "off". Sampling takes a few seconds on a CPU, hence the button.
     """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalle_mini_impl import cli, shapes
+from dalle_mini_impl import cli, grader
 from dalle_mini_impl.bpe import ByteLevelBPE
 
 
@@ -31,7 +31,7 @@ def test_render_then_grade_round_trip(tmp_path, capsys):
     assert cli.main(["render", caption, "--out", str(tmp_path), "--seed", "3"]) == 0
     (png,) = tmp_path.glob("*.png")
     image = np.asarray(Image.open(png).convert("RGB"))
-    assert image.shape == (64, 64, 3) and shapes.grade(image, caption).match
+    assert image.shape == (64, 64, 3) and grader.grade(image, caption).match
     capsys.readouterr()
     assert cli.main(["grade", str(png), caption]) == 0
     assert capsys.readouterr().out.startswith("match")
@@ -89,7 +89,7 @@ def test_demo_without_a_transformer_renders_the_reference(data_dir, tmp_path, ca
     results = json.loads((out / "results.json").read_text())["results"]
     assert [r["prompt"] for r in results] == ["a small green square at the bottom"]
     image = np.asarray(Image.open(out / results[0]["images"][0]).convert("RGB"))
-    assert shapes.grade(image, results[0]["prompt"]).match
+    assert grader.grade(image, results[0]["prompt"]).match
     printed = capsys.readouterr().out
     assert "match" in printed and "generation needs the trained transformer" in printed
 

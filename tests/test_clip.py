@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dalle_mini_impl import DATA_DIR, checkpoints, shapes
+from dalle_mini_impl import DATA_DIR, checkpoints, grader, shapes
 from dalle_mini_impl import train_clip as tc
 from dalle_mini_impl.bpe import ByteLevelBPE
 from dalle_mini_impl.clip import (
@@ -212,7 +212,7 @@ def test_zero_shot_accuracy_and_its_errors(tok):
     truth = [scene_attributes(s)["color"] for s in scenes]
     acc = zero_shot(model, tok, images, "color", truth)
     assert 0.0 <= acc <= 1.0
-    cells = [shapes.position_cell(s.objects[0].cx, s.objects[0].cy) for s in scenes]
+    cells = [grader.position_cell(s.objects[0].cx, s.objects[0].cy) for s in scenes]
     phrases = [scene_attributes(s)["position"] for s in scenes]
     assert zero_shot(model, tok, images, "position", cells) == zero_shot(model, tok, images, "position", phrases)
     with pytest.raises(ValueError, match="unknown color values"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dalle_mini_impl import DATA_DIR, checkpoints, cli, evaluate, pipeline, shapes
+from dalle_mini_impl import DATA_DIR, checkpoints, cli, evaluate, grader, pipeline, shapes
 from dalle_mini_impl.clip import CLIP, CLIPConfig, rerank
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train_transformer import load_tokenizer, sample_images
@@ -64,7 +64,7 @@ def test_report_structure_and_counts(report):
     assert [p["caption"] for p in report["prompts"]] == captions
     assert report["overall"]["n"] == 6
     assert set(report["by_objects"]) == {1, 2} and sum(r["n"] for r in report["by_objects"].values()) == 6
-    assert list(report["by_attribute"]) == list(shapes.CHECKS)
+    assert list(report["by_attribute"]) == list(grader.CHECKS)
     for always in ("count", "color", "shape"):  # every caption states these
         assert report["by_attribute"][always]["n"] == 6
     for record in report["prompts"]:
@@ -113,7 +113,7 @@ def test_top1_is_the_clip_argmax_of_the_candidates(models, report):
         assert np.array_equal(ranked[0], candidates[best])
         assert record["scores"][best] == pytest.approx(float(scores[0]), abs=1e-5)
         assert record["scores"][best] == max(record["scores"])
-        assert record["matches"] == [shapes.grade(image, record["caption"]).match for image in candidates]
+        assert record["matches"] == [grader.grade(image, record["caption"]).match for image in candidates]
 
 
 def test_without_clip_top1_is_the_first_sample(models):
@@ -152,7 +152,7 @@ def test_an_oracle_scorer_top1_beats_random(models, monkeypatch):
     monkeypatch.setattr(evaluate, "sample_images", fake_sampler(models.tokenizer))
 
     def oracle(captions, images):  # a perfect judge: 1 for an image that matches its caption, else 0
-        return np.array([float(shapes.grade(im, c).match) for c, im in zip(captions, images)])
+        return np.array([float(grader.grade(im, c).match) for c, im in zip(captions, images)])
 
     r = evaluate.evaluate_pipeline(models, "seen", **{**SMALL, "n_prompts": 8}, scorer=oracle)
     assert r["reranked"] is True
@@ -181,8 +181,8 @@ def test_format_evaluation_is_an_aligned_table(report):
     text = evaluate.format_evaluation(report)
     lines = text.splitlines()
     assert "CLIP top-1" in text and "any of top 2" in text and "6 captions" in text
-    table = [line for line in lines if line.split() and line.split()[0] in ("all", "1", "2", *shapes.CHECKS)]
-    assert [line.split()[0] for line in table] == ["all", "1", "2", *shapes.CHECKS]
+    table = [line for line in lines if line.split() and line.split()[0] in ("all", "1", "2", *grader.CHECKS)]
+    assert [line.split()[0] for line in table] == ["all", "1", "2", *grader.CHECKS]
     assert len({len(line) for line in table}) == 1  # right-aligned columns: every row ends at the same place
     assert evaluate.format_evaluation(json.loads(json.dumps(report))) == text  # also from a JSON file
 

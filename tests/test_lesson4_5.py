@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dalle_mini_impl import exercises, pipeline, shapes, viz, widgets  # noqa: E402
+from dalle_mini_impl import exercises, grader, pipeline, shapes, viz, widgets  # noqa: E402
 from dalle_mini_impl.clip import (  # noqa: E402
     CLIP,
     CLIPConfig,
@@ -98,12 +98,12 @@ def test_expected_rates_known_answers_and_edges():
 
 
 def test_verdict_label_names_the_failed_checks():
-    grade = shapes.grade(np.full((64, 64, 3), 255, np.uint8), "a red circle")
+    grade = grader.grade(np.full((64, 64, 3), 255, np.uint8), "a red circle")
     text, color = viz.verdict_label(grade)
     assert text.startswith("✗") and "count" in text and color == viz.BAD
     assert viz.verdict_label(True) == ("✓", viz.GOOD)
     assert viz.verdict_label(np.bool_(False)) == ("✗", viz.BAD)
-    assert viz.verdict_label(shapes.grade(np.zeros((64, 64, 3), np.uint8), "a cat"))[0] == "?"
+    assert viz.verdict_label(grader.grade(np.zeros((64, 64, 3), np.uint8), "a cat"))[0] == "?"
     assert viz.verdict_label(None)[0] == ""
 
 
@@ -161,7 +161,7 @@ def test_draw_retrieval_ranks_by_similarity_and_grades(scenes):
 
 def test_draw_scored_images_writes_ranks_scores_and_verdicts(scenes):
     found, images = scenes
-    grades = [shapes.grade(image, found[0].caption) for image in images]
+    grades = [grader.grade(image, found[0].caption) for image in images]
     fig, axes = viz.draw_scored_images(images[:5], [0.9, 0.8, 0.7, 0.6, 0.5], grades[:5], title="t", cols=4)
     assert axes.shape == (2, 4)
     assert axes[0, 0].get_title() == "#1  0.900" and axes[1, 0].get_title() == "#5  0.500"
@@ -286,16 +286,16 @@ def _grades():
     found = shapes.make_scenes("test", 8, seed=5)
     images = shapes.render_batch(found)
     captions = [found[(i + 1) % 8].caption for i in range(8)]  # every image against the next one's caption
-    return images, captions, [shapes.grade(im, c) for im, c in zip(images, captions)]
+    return images, captions, [grader.grade(im, c) for im, c in zip(images, captions)]
 
 
 def test_failure_reasons_split_the_grader_reason_by_check():
     blank = np.full((64, 64, 3), 255, np.uint8)
-    why = viz.failure_reasons(shapes.grade(blank, "a red circle"))
+    why = viz.failure_reasons(grader.grade(blank, "a red circle"))
     assert set(why) == {"count", "color", "shape"}
     assert why["count"].startswith("the caption names 1 object") and why["color"] == viz.NO_OBJECT
     image = shapes.render(shapes.make_scenes("test", 1, seed=0)[0])
-    assert viz.failure_reasons(shapes.grade(image, shapes.make_scenes("test", 1, seed=0)[0].caption)) == {}
+    assert viz.failure_reasons(grader.grade(image, shapes.make_scenes("test", 1, seed=0)[0].caption)) == {}
     for grade in _grades()[2]:
         failed = {name for name, ok in grade.checks.items() if ok is False}
         assert set(viz.failure_reasons(grade)) == failed
@@ -304,7 +304,7 @@ def test_failure_reasons_split_the_grader_reason_by_check():
 def test_failure_counts_and_gallery():
     images, captions, grades = _grades()
     counts = viz.failure_counts(grades)
-    assert list(counts) == sorted(counts, key=lambda k: -counts[k]) and set(counts) == set(shapes.CHECKS)
+    assert list(counts) == sorted(counts, key=lambda k: -counts[k]) and set(counts) == set(grader.CHECKS)
     for name, n in counts.items():
         assert n == sum(g.checks[name] is False for g in grades)
     fig, axes = viz.draw_failure_gallery(images, captions, grades, per_check=3)
@@ -313,7 +313,7 @@ def test_failure_counts_and_gallery():
     assert axes[0, 0].texts[0].get_text() == failing[0]
     shown = [ax for ax in axes[0, 1:] if ax.get_visible()]
     assert len(shown) == min(3, counts[failing[0]]) and all(ax.images for ax in shown)
-    matching = shapes.grade(images[0], shapes.make_scenes("test", 8, seed=5)[0].caption)
+    matching = grader.grade(images[0], shapes.make_scenes("test", 8, seed=5)[0].caption)
     fig, axes = viz.draw_failure_gallery(images[:1], ["x"], [matching])
     assert "no failures" in axes[0, 0].texts[0].get_text()
     with pytest.raises(ValueError, match="one of each"):
@@ -361,7 +361,7 @@ def test_capstone_checkers_reject_wrong_answers(models):
         exercises.check_match_rates(first_sample)
 
     def counts_ungradable(grades):  # counts None (not stated) as a failure
-        return {name: sum(g.checks[name] is not True for g in grades) for name in shapes.CHECKS}
+        return {name: sum(g.checks[name] is not True for g in grades) for name in grader.CHECKS}
 
     with pytest.raises(AssertionError, match="expected"):
         exercises.check_failure_counts(counts_ungradable)

@@ -16,7 +16,7 @@ import torch
 from _tiny import TINY_PLAN, write_image_folder
 from safetensors.torch import load_file
 
-from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, pipeline, shapes
+from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, grader, pipeline
 from dalle_mini_impl import train_transformer as tt
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train_all import STAGES, open_run, stage_finished, train_all
@@ -144,7 +144,7 @@ def test_any_unicode_prompt_generates(models_dir):
         assert models.tokenizer.decode(models.tokenizer.encode(prompt)) == prompt  # byte-level: nothing is lost
     results = pipeline.generate(PROMPTS, models.transformer, models.dvae, models.tokenizer, candidates=2, keep=1)
     assert [r.prompt for r in results] == PROMPTS and all(r.images.shape == (1, 64, 64, 3) for r in results)
-    grade = shapes.grade(results[0].images[0], PROMPTS[0])
+    grade = grader.grade(results[0].images[0], PROMPTS[0])
     assert not grade.gradable and "grammar" in grade.reason.lower()
 
 

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from dalle_mini_impl import checkpoints, shapes
+from dalle_mini_impl import checkpoints, grader, shapes
 from dalle_mini_impl import train_transformer as tt
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train import TrainingDiverged, to_float_images
@@ -199,7 +199,7 @@ def test_evaluate_samples_reports_every_rate(tokenizer, dvae_dir):
     dvae = tt.load_dvae(dvae_dir, device="cpu")
     report = tt.evaluate_samples(model, dvae, tokenizer, "test", n_prompts=6, seed=0, batch_size=4)
     assert report["n"] == 6 and report["split"] == "test"
-    assert set(report["by_attribute"]) == set(shapes.CHECKS) and set(report["by_objects"]) == {1, 2}
+    assert set(report["by_attribute"]) == set(grader.CHECKS) and set(report["by_objects"]) == {1, 2}
     rates = [report["match"], *report["by_objects"].values(), *report["by_attribute"].values()]
     assert all(r is None or 0.0 <= r <= 1.0 for r in rates)
     assert report["by_attribute"]["count"] is not None  # every caption states how many objects
@@ -239,7 +239,7 @@ def shipped_sample_report(shipped, tokenizer):
 
 def test_shipped_transformer_keeps_its_measured_fidelity(shipped_sample_report):
     # data/transformer/README.md: one sample per caption at the default settings (condition scale 1.25,
-    # temperature 0.9), graded by shapes.grade
+    # temperature 0.9), graded by grader.grade
     assert shipped_sample_report["match"] >= SHIPPED_SAMPLE_FLOOR, tt.format_sample_report(shipped_sample_report)
     assert shipped_sample_report["by_attribute"]["color"] >= 0.9  # 99% measured: colour is the easy part
 
