@@ -76,11 +76,11 @@ def find_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
 
 
 def read_captions(path: str | Path) -> list[str]:
-    """The captions of a caption file: one per non-blank line, surrounding spaces removed.
+    """The captions of a caption file: one per non-blank line, surrounding spaces (and a leading BOM) removed.
 
     Example: "a red circle\\n\\n  a circle, red \\n" -> ["a red circle", "a circle, red"].
     """
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
