@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the package with its dev tools
 
 demo: $(STAMP)  ## draw PROMPT with the shipped models: 16 samples, the CLIP best 4, graded
-	$(VENV)/bin/dalle-mini-impl generate "$(PROMPT)" --candidates 16 --keep 4 --seed 0 --out demo_out
+	$(VENV)/bin/dalle-mini-impl generate "$(PROMPT)" --candidates 16 --keep 4 --seed 0 --out demo_out --overwrite
 	@echo "images, best first: demo_out/00_*_[0-3].png | contact sheet: demo_out/00_*_sheet.png | demo_out/results.json"
 
 test: $(STAMP)  ## unit tests, then every notebook under nbval

@@ -16,9 +16,15 @@ file, which the next ``start_or_resume`` in that folder removes).
 
 Loading checks everything it can and raises ``CheckpointError`` naming the
 file, what was expected and what was found: a missing file, a truncated or
-corrupt file, a config for another model type or with unknown fields, a tensor
-missing, extra, or of the wrong shape (e.g. weights trained with another
-config).
+corrupt file, a config for another model type, with unknown fields, a field of
+the wrong type or a size that is not positive, a tensor missing, extra, or of
+the wrong shape (e.g. weights trained with another config), a training state
+whose bytes no longer match the checksum stored with it.
+
+Nothing is overwritten by accident: a training run refuses a folder that holds
+a finished model (weights without a training state, such as ``data/*`` or an
+``export``), and ``staged_folder`` builds a whole output folder beside its
+destination and moves it into place in one rename.
 
 Does not handle: sharded checkpoints, pickled ``.pt``/``.bin`` files (refused
 on purpose), or optimizers whose state is not made of tensors and numbers.
@@ -27,11 +33,15 @@ on purpose), or optimizers whose state is not made of tensors and numbers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import random
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +99,94 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return stale
 
 
+def folder_in_use(folder: str | Path) -> bool:
+    """True when ``folder`` exists and holds anything (an output folder that would be overwritten or mixed)."""
+    folder = Path(folder)
+    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+
+
+@contextmanager
+def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a new, empty folder beside ``out``; when the block ends without an error it becomes ``out``.
+
+    The outputs of one run appear together or not at all: a failure (a full
+    disk, Ctrl-C) removes the temporary folder and leaves ``out`` as it was.
+    ``out`` must be missing or empty, unless ``overwrite``: then the old
+    folder is replaced as a whole, never mixed with the new files. Two runs
+    writing to one ``out`` at the same time cannot mix either: each builds its
+    own folder, and the second to finish finds ``out`` full and stops with an
+    error (its results stay in the temporary folder it names).
+
+    Creating the temporary folder is also the test that ``out`` is writable,
+    made before any work starts: enter the block first, then compute.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a folder; choose a folder name")
+    if folder_in_use(out) and not overwrite:
+        raise CheckpointError(f"{out} is not empty; pass --overwrite to replace it, or choose another folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise CheckpointError(f"{out}: cannot write here ({e.strerror or e})") from e
+    try:
+        yield tmp
+        if not any(tmp.iterdir()):  # nothing to show: nothing appears
+            shutil.rmtree(tmp)
+            return
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an output folder is an ordinary one
+        if overwrite and folder_in_use(out):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)  # aside first: `out` then holds either the old run or the new one
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, out)  # onto a missing or empty folder only: a full one raises
+            except OSError as e:
+                kept = tmp
+                tmp = None  # keep the results: they are complete
+                raise CheckpointError(f"{out} was filled by another run meanwhile; nothing was mixed. "
+                                      f"This run's files are in {kept}") from e
+    except BaseException:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def trim_log(path: str | Path, step: int) -> None:
+    """Keep the rows of a JSON-lines log (``metrics.jsonl``) up to ``step``: a resumed run writes the rest again.
+
+    A last line cut short (a run killed while appending it) is dropped; any
+    other line that is not a JSON object with a ``step`` is an error naming
+    the file and the line. Example: rows for steps 250, 500, 750 and half a
+    row, resumed at 500 -> the rows for 250 and 500.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row_step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            if all(not rest.strip() for rest in lines[number:]):  # the last line, torn by a kill: drop it
+                break
+            raise CheckpointError(f"{path}: line {number} is not a JSON object with a step ({e}); "
+                                  "fix or delete the line, then resume") from e
+        if row_step <= step:
+            kept.append(line)
+    _write_text(path, "".join(line + "\n" for line in kept))
+
+
 # ---------------------------------------------------------------------------
 # config.json
 # ---------------------------------------------------------------------------
@@ -119,10 +217,60 @@ def load_config(model_dir: str | Path, config_cls: type[C], model_type: str) -> 
     unknown = sorted(set(data) - known)
     if unknown:
         raise CheckpointError(f"{path}: unknown {config_cls.__name__} fields {unknown}; expected only {sorted(known)}")
+    problems = config_problems(config_cls, data)
+    if problems:
+        raise CheckpointError(f"{path}: invalid {config_cls.__name__}: " + "; ".join(problems))
     try:
         return config_cls(**data)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}: invalid {config_cls.__name__}: {e}") from e
+
+
+# Sizes and counts: a model cannot be built with 0 or fewer of them (an ``n_heads`` of 0 divides by zero).
+POSITIVE_FIELDS = {
+    "image_size", "channels", "downsample", "vocab_size", "codebook_dim", "enc_width", "dec_width",
+    "blocks_per_group", "text_vocab_size", "image_vocab_size", "text_len", "grid", "d_model", "n_layers",
+    "n_heads", "mlp_ratio", "conv_kernel", "stem_width", "text_layers", "image_layers", "embed_dim",
+}
+
+
+def config_problems(config_cls: type, values: dict[str, Any]) -> list[str]:
+    """What is wrong with ``values`` as fields of the dataclass ``config_cls`` ([] when nothing).
+
+    Each value must have the type of its field's default (an int where an int
+    is expected, a number where a float is, true/false where a bool is; None
+    only where the field allows it), floats must be finite, and sizes
+    (``POSITIVE_FIELDS``) at least 1.
+    Example: {"n_layers": "four", "n_heads": 0} -> ["n_layers must be an integer, got 'four'",
+    "n_heads must be at least 1, got 0"].
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    problems = []
+    for name, value in values.items():
+        if name not in fields:
+            continue
+        default = fields[name].default
+        optional = "None" in str(fields[name].type)
+        if value is None:
+            if not optional:
+                problems.append(f"{name} must not be null")
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float) or (default is None and "float" in str(fields[name].type)):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            ok = ok and math.isfinite(value)
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        else:
+            continue  # tuples, lists and the like: the config checks them itself
+        if not ok:
+            problems.append(f"{name} must be {kind}{' (finite)' if kind == 'a number' else ''}, got {value!r}")
+        elif name in POSITIVE_FIELDS and value < 1:
+            problems.append(f"{name} must be at least 1, got {value}")
+    return problems
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +317,8 @@ def save_model(model: torch.nn.Module, config: Any, out_dir: str | Path, model_t
     return out_dir
 
 
-def export_model(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+def export_model(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,
+                 overwrite: bool = False) -> Path:
     """Copy the model folder ``src`` to ``dst`` with its floating-point weights stored as ``dtype``.
 
     Half precision halves the file (how the course keeps every shipped model
@@ -177,15 +326,20 @@ def export_model(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.fl
     parameters, so nothing else changes but a rounding of each weight (a
     relative error below 1e-3 for float16). Integer tensors are kept as they are;
     the folder's JSON files (``config.json``, a ``training.json``) are copied.
+    ``dst`` must be missing or empty unless ``overwrite``; it appears whole
+    (``staged_folder``) or not at all.
     """
     src, dst = Path(src), Path(dst)
     if not (src / CONFIG_NAME).is_file():
         raise CheckpointError(f"{src}: no {CONFIG_NAME}; expected a model folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
     tensors, metadata = _read_safetensors(src / WEIGHTS_NAME)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    _atomic_write(dst / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    for info in sorted(src.glob("*.json")):  # config.json, and what a loop recorded (a transformer's training.json)
-        _write_text(dst / info.name, info.read_text())
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"{dst}: the copy would replace its own source; choose another folder")
+    with staged_folder(dst, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        for info in sorted(src.glob("*.json")):  # config.json, and what a loop recorded (a training.json)
+            (tmp / info.name).write_text(info.read_text())
     return dst
 
 
@@ -247,6 +401,20 @@ def _set_rng_states(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> N
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of tensors' names, dtypes, shapes and bytes, in name order: stored with a training state.
+
+    A bit flipped on disk changes it, so a corrupt state is refused when it is
+    loaded instead of training on from garbage.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_training_state(
     path: str | Path,
     model: torch.nn.Module,
@@ -260,7 +428,8 @@ def save_training_state(
     Tensors: ``model/<name>``, ``optim/<param index>/<key>``, ``rng/torch`` (and
     ``rng/cuda/<i>``). Metadata (strings): the step, the config, the optimizer's
     hyper-parameters, Python's and NumPy's generator states, and ``extra``
-    (JSON-serialisable, e.g. the total number of steps).
+    (JSON-serialisable, e.g. the total number of steps), and ``sha256``, the
+    checksum of every tensor (``tensors_sha256``) that loading verifies.
     """
     path = Path(path)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -277,6 +446,7 @@ def save_training_state(
             "config": json.dumps(dataclasses.asdict(config)),
             "optim/param_groups": json.dumps(opt["param_groups"]),
             "extra": json.dumps(extra or {}),
+            "sha256": tensors_sha256(tensors),
         }
     )
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -300,6 +470,9 @@ def load_training_state(
     for key in ("step", "config", "optim/param_groups", "extra", "rng/python", "rng/numpy"):
         if key not in meta:
             raise CheckpointError(f"{path}: metadata {key!r} missing; expected a training state written by save_training_state")
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:  # (states saved before checksums have none)
+        raise CheckpointError(f"{path}: the tensors do not match the checksum saved with them; the file is corrupt. "
+                              "Delete it to start over (or restore it from a copy)")
     saved = json.loads(meta["config"])
     wanted = dataclasses.asdict(config)
     diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}
@@ -348,13 +521,17 @@ def start_or_resume(state_path: Path, model: torch.nn.Module, optimizer, config:
     ``run_info`` holds the settings a resumed run must share with the saved one
     (steps, batch size, seed, ...); a difference is an error that names each
     setting. Without ``resume``, an existing run in the folder is an error too,
-    so a finished model is never overwritten by accident.
+    and so, resuming or not, is a finished model without a training state (a
+    shipped or exported one): a model is never overwritten by accident.
     """
     state_path = Path(state_path)
     from .distributed import is_main
 
     if is_main():  # rank 0 alone writes in the folder, so it alone tidies it
         remove_stale_temp_files(state_path.parent)
+    if not state_path.exists() and (state_path.parent / WEIGHTS_NAME).exists():
+        raise CheckpointError(f"{state_path.parent}: holds a finished model ({WEIGHTS_NAME} without {STATE_NAME}); "
+                              "training would replace it. Choose another folder, or pass --overwrite to replace it")
     if resume and state_path.exists():
         step, extra = load_training_state(state_path, model, optimizer, config)
         changed = {k: (extra.get(k), v) for k, v in run_info.items() if extra.get(k) != v}

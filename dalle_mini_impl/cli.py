@@ -3,6 +3,17 @@
 Each subcommand is a pair of functions: ``add_<name>(subparsers)`` declares its
 arguments, ``run_<name>(args)`` does the work by calling the package. Run
 ``dalle-mini-impl --help`` for the list, ``dalle-mini-impl CMD --help`` for one.
+
+Exit codes: 0 done; 1 ``grade``: the image does not match; 2 an error (bad
+input, a file that cannot be read or written), one line on stderr, nothing
+half-written; 3 ``grade``: the image cannot be graded; 130 interrupted (Ctrl-C).
+
+Outputs never overwrite or mix: a command that writes a folder (``generate``,
+``render``, ``reconstruct``, ``demo``, ``export``) builds it beside ``--out``
+and renames it into place, and refuses an ``--out`` that is not empty unless
+``--overwrite`` is given (then the old folder is replaced as a whole). The
+training commands refuse a folder holding a finished model without
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -13,6 +24,103 @@ from pathlib import Path
 
 # The course tokenizer's special tokens: padding, start and end of a caption.
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+
+# Seeds: one rule for every command. 2**32 values: NumPy's legacy generator (seeded by training) takes no more,
+# and a seed that would be reduced modulo 2**32 would silently repeat another seed's images.
+MAX_SEED = 2**32 - 1
+# Images read by grade / reconstruct: far more than the 64×64 the models see; a bigger file is refused
+# before it is decoded (a 20000×10000 PNG would take 600 MB of memory).
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def _bounded_float(low: float, high: float):
+    """An argparse type: a finite float in [low, high] (so nan, inf and 1e300 are refused before any work)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not low <= value <= high:  # (False for nan)
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+_temperature = _bounded_float(1e-3, 1e3)  # below 1e-3 the logits / T overflow float32
+_cond_scale = _bounded_float(0.0, 100.0)  # 1 plain sampling, > 1 follows the prompt more
+
+
+def _text_problem(args: argparse.Namespace) -> str | None:
+    """Which text argument is not valid UTF-8 (Python keeps such bytes as lone surrogates), or None."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and any("\udc80" <= c <= "\udcff" for c in text):
+                return f"{name} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 text"
+    return None
+
+
+def _read_image(path: Path):
+    """An image file -> uint8 (H, W, 3) RGB; ``ValueError`` (naming the file) when it cannot be used.
+
+    Refuses what is not an image and images over ``MAX_IMAGE_PIXELS`` before
+    decoding them; 16-bit greyscale is scaled to 8 bits (a plain conversion
+    would clip every value above 255 to white).
+    """
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    if not path.is_file():
+        raise ValueError(f"no image at {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path} is {image.size[0]}×{image.size[1]} pixels; images over "
+                                 f"{MAX_IMAGE_PIXELS:,} pixels are refused")
+            if image.mode.startswith("I"):  # 16-bit greyscale ("I;16", or "I" with values up to 65535)
+                grey = np.asarray(image).astype(np.float64)
+                scale = 257.0 if image.mode.startswith("I;16") or grey.max() > 255 else 1.0
+                grey = np.clip(np.round(grey / scale), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"))
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError) as err:
+        raise ValueError(f"cannot read {path} as an image ({err})") from err
+
+
+def _unique_name(stem: str, used: set[str], suffix: str = ".png") -> str:
+    """``stem + suffix``, or ``stem_2 + suffix``, ``stem_3`` … when taken; the name is added to ``used``.
+
+    Example: "x" twice -> "x.png", then "x_2.png" (two inputs never share an output file).
+    """
+    name, n = f"{stem}{suffix}", 1
+    while name.lower() in used:
+        n += 1
+        name = f"{stem}_{n}{suffix}"
+    used.add(name.lower())
+    return name
+
+
+def _fail(message: str) -> int:
+    """Print a one-line error and return the exit code of errors, 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
 
 def _tokenizer_path(path: Path | None) -> Path:
     from . import DATA_DIR
@@ -49,7 +157,14 @@ def run_tokenize(args: argparse.Namespace) -> int:
     from .bpe import ByteLevelBPE
     from .viz import visible
 
-    tok = ByteLevelBPE.load(_tokenizer_path(args.tokenizer))
+    path = _tokenizer_path(args.tokenizer)
+    if not path.is_file():
+        return _fail(f"--tokenizer: no tokenizer file at {path}; create one with "
+                     "`dalle-mini-impl train-tokenizer --out FOLDER` (it writes FOLDER/bpe.json)")
+    try:
+        tok = ByteLevelBPE.load(path)
+    except (OSError, ValueError) as err:  # garbage or truncated: the message names the file
+        return _fail(f"--tokenizer: {err}")
     for text in args.text:
         ids = tok.encode(text)
         print(f"{text!r}: {len(ids)} tokens")
@@ -62,9 +177,10 @@ def add_train_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-tokenizer", help="train the course BPE tokenizer on Shapes training captions")
     p.add_argument("--captions", type=int, default=50_000, help="number of training captions (default: 50000)")
     p.add_argument("--vocab-size", type=int, default=512 + 3, help="specials + 256 bytes + merges (default: 515)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: data/tokenizer)")
-    p.set_defaults(func=run_train_tokenizer)
+    p.add_argument("--overwrite", action="store_true", help="replace the tokenizer already in --out")
+    p.set_defaults(func=run_train_tokenizer, parser=p)
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
@@ -72,11 +188,18 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     from .bpe import ByteLevelBPE
 
     out = args.out if args.out is not None else DATA_DIR / "tokenizer"
+    if (out / "bpe.json").exists() and not args.overwrite:
+        return _fail(f"{out} already holds a tokenizer (bpe.json); pass --overwrite to replace it, "
+                     "or choose another --out")
+    problem = _unwritable(out)
+    if problem:
+        return _fail(f"--out: {problem}")
     captions = [scene.caption for scene in shapes.make_scenes("train", args.captions, seed=args.seed)]
     tok = ByteLevelBPE.train(captions, vocab_size=args.vocab_size, special_tokens=SPECIAL_TOKENS, progress=True)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(out / "bpe.json")
-    tok.save_hf(out / "tokenizer.json")
+    from .checkpoints import _atomic_write
+
+    _atomic_write(out / "tokenizer.json", tok.save_hf)
+    _atomic_write(out / "bpe.json", tok.save)
     longest = max(len(tok.encode(c)) for c in captions)
     print(f"trained on {len(captions)} captions: {tok.vocab_size} tokens ({len(tok.merges)} merges), "
           f"longest caption {longest} tokens -> {out}")
@@ -91,8 +214,10 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
 def add_render(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="draw a Shapes image for each caption")
     p.add_argument("caption", nargs="+", help="captions in the Shapes grammar, e.g. 'a blue diamond at the top'")
-    p.add_argument("--out", type=Path, default=Path("shapes_out"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("shapes_out"),
+                   help="a new or empty folder for the PNGs (default: shapes_out)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.set_defaults(func=run_render)
 
 
@@ -101,21 +226,29 @@ def run_render(args: argparse.Namespace) -> int:
 
     from . import shapes
 
+    from .checkpoints import CheckpointError, staged_folder
+
     rng = np.random.default_rng(args.seed)
-    for caption in args.caption:
-        try:
-            scene = shapes.scene_for_caption(caption, rng)
-        except shapes.CaptionError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        path = args.out / f"{_slug(caption)}.png"
-        _write_png(shapes.render(scene), path)
-        print(f"{caption!r} -> {path}")
+    try:
+        scenes = [shapes.scene_for_caption(caption, rng) for caption in args.caption]
+    except shapes.CaptionError as err:
+        return _fail(str(err))
+    lines, used = [], set()  # type: list[str], set[str]
+    try:
+        with staged_folder(args.out, overwrite=args.overwrite) as folder:
+            for caption, scene in zip(args.caption, scenes):
+                name = _unique_name(_slug(caption), used)  # two captions with one slug get two files
+                _write_png(shapes.render(scene), folder / name)
+                lines.append(f"{caption!r} -> {args.out / name}")
+    except CheckpointError as err:
+        return _fail(str(err))
+    print("\n".join(lines))
     return 0
 
 
 def add_grade(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grade", help="check whether an image shows what a caption says")
+    p = sub.add_parser("grade", help="check whether an image shows what a caption says "
+                                     "(exit 0 match, 1 no match, 3 cannot grade, 2 error)")
     p.add_argument("image", type=Path)
     p.add_argument("caption")
     p.set_defaults(func=run_grade)
@@ -128,19 +261,21 @@ def _grade_line(grade) -> str:
     return f"{'match' if grade.match else 'no match'} ({checks})"
 
 
-def run_grade(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
+GRADE_NO_MATCH, GRADE_CANNOT = 1, 3  # grade's exit codes besides 0 (match) and 2 (an error)
 
+
+def run_grade(args: argparse.Namespace) -> int:
     from . import grader
 
-    if not args.image.is_file():
-        print(f"error: no image at {args.image}", file=sys.stderr)
-        return 2
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+    try:
+        image = _read_image(args.image)
+    except ValueError as err:
+        return _fail(str(err))
     grade = grader.grade(image, args.caption)
     print(_grade_line(grade))
-    return 0 if grade.match else 1
+    if not grade.gradable:
+        return GRADE_CANNOT
+    return 0 if grade.match else GRADE_NO_MATCH
 
 
 # ---------------------------------------------------------------------------
@@ -155,13 +290,14 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps; the schedules span them (default: 3500)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images per step (under torchrun: in all, split over the processes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--images", type=_positive_int, default=60_000, help="training images rendered once (default: 60000)")
     p.add_argument("--source", choices=["images_all", "train"], default="images_all",
                    help="images_all: every colour-shape pair (the dVAE never reads a caption); "
                         "train: without the held-out pairs (default: images_all)")
     p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
@@ -171,8 +307,14 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_overrides(pairs: list[str], config_cls) -> dict:
-    """``["lr=0.001", "hard=true"]`` -> ``{"lr": 0.001, "hard": True}``, typed like the config's defaults."""
+    """``["lr=0.001", "hard=true"]`` -> ``{"lr": 0.001, "hard": True}``, typed like the config's defaults.
+
+    ``ValueError`` for an unknown field, a value of the wrong type (``hard=maybe``,
+    ``n_layers=four``) or a size below 1 (``vocab_size=0``), naming the field.
+    """
     import dataclasses
+
+    from .checkpoints import config_problems
 
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     out = {}
@@ -181,12 +323,19 @@ def _config_overrides(pairs: list[str], config_cls) -> dict:
         if not sep or key not in fields:
             raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         default, optional = fields[key].default, "None" in str(fields[key].type)
-        if optional and value.lower() == "none":  # an optional field such as res_gain: None is its other choice
-            out[key] = None
-        elif isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = float(value) if default is None else type(default)(value)
+        try:
+            if optional and value.lower() == "none":  # an optional field such as res_gain: None is its other choice
+                out[key] = None
+            elif isinstance(default, bool):
+                out[key] = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
+            else:
+                out[key] = float(value) if default is None else type(default)(value)
+        except (KeyError, ValueError):
+            kind = "true or false" if isinstance(default, bool) else type(default).__name__
+            raise ValueError(f"--set {pair!r}: {key} must be {kind}") from None
+    problems = config_problems(config_cls, out)
+    if problems:
+        raise ValueError("--set: " + "; ".join(problems))
     return out
 
 
@@ -199,9 +348,9 @@ def run_train_dvae(args: argparse.Namespace) -> int:
     _check_out(args)
     try:
         config = DVAEConfig.preset(args.preset, **_config_overrides(args.set, DVAEConfig))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, ZeroDivisionError) as err:
+        return _fail(str(err))
+    _clear_for_overwrite(args)
     try:
         model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, n_images=args.images, source=args.source,
@@ -218,8 +367,10 @@ def run_train_dvae(args: argparse.Namespace) -> int:
 def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="round-trip images through the dVAE (encode to codes, decode)")
     p.add_argument("image", nargs="+", type=Path, help="image files, any size (resized to 64x64)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the reconstructions (same file names, PNG)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="a new or empty folder for the reconstructions (same file names, PNG; x_2.png … for repeats)")
     p.add_argument("--model", type=Path, default=None, help="a dVAE folder (default: the shipped data/dvae)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.set_defaults(func=run_reconstruct)
 
 
@@ -228,32 +379,29 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .checkpoints import CheckpointError
+    from .checkpoints import CheckpointError, staged_folder
     from .train import load_dvae
 
     missing = [str(p) for p in args.image if not p.is_file()]
     if missing:
-        print(f"error: no image at {', '.join(missing)}", file=sys.stderr)
-        return 2
+        return _fail(f"no image at {', '.join(missing)}")
+    lines, used = [], set()  # type: list[str], set[str]
     try:
-        model = load_dvae(args.model, device="cpu")
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    size = model.config.image_size
-    for path in args.image:
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            print(f"error: cannot read {path} as an image ({err})", file=sys.stderr)
-            return 2
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
-        y = model.reconstruct(x)[0].permute(1, 2, 0)  # (H, W, C)
-        out = args.out / f"{path.stem}.png"
-        _write_png((y * 255).round().to(torch.uint8).numpy(), out)
-        print(f"{path} -> {out}")
+        with staged_folder(args.out, overwrite=args.overwrite) as folder:
+            model = load_dvae(args.model, device="cpu")
+            size = model.config.image_size
+            for path in args.image:
+                image = Image.fromarray(_read_image(path))
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
+                y = model.reconstruct(x)[0].permute(1, 2, 0)  # (H, W, C)
+                name = _unique_name(path.stem, used)  # a/x.png and b/x.png -> x.png and x_2.png
+                _write_png((y * 255).round().to(torch.uint8).numpy(), folder / name)
+                lines.append(f"{path} -> {args.out / name}")
+    except (CheckpointError, ValueError) as err:
+        return _fail(str(err))
+    print("\n".join(lines))
     return 0
 
 
@@ -270,12 +418,26 @@ def _positive_int(text: str) -> int:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """A usage error (exit 2, nothing written) when ``args.out`` cannot be written or ``--seed`` is negative."""
+    """A usage error (exit 2, nothing written) when ``args.out`` cannot be written, or --overwrite meets --resume."""
     problem = _unwritable(args.out)
     if problem:
         args.parser.error(f"--out: {problem}")
-    if getattr(args, "seed", 0) < 0:
-        args.parser.error(f"--seed must be 0 or more, got {args.seed}")
+    if getattr(args, "overwrite", False) and getattr(args, "resume", False):
+        args.parser.error("--overwrite starts over and --resume continues: give one of them")
+
+
+# What a training run keeps in its folder; --overwrite removes them so that the run starts over.
+RUN_FILES = ("train_state.safetensors", "model.safetensors", "config.json", "training.json", "metrics.jsonl",
+             "evals.jsonl")
+
+
+def _clear_for_overwrite(args: argparse.Namespace) -> None:
+    """With ``--overwrite``, remove the model and run files in ``--out`` (only those): training starts over there."""
+    from .distributed import is_main
+
+    if getattr(args, "overwrite", False) and is_main():
+        for name in RUN_FILES:
+            (args.out / name).unlink(missing_ok=True)
 
 
 def _positive_float(text: str) -> float:
@@ -298,11 +460,12 @@ def add_train_transformer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=2400,
                    help="optimizer steps; the learning-rate schedule spans them (default: 2400)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--dvae", type=Path, default=None, help="the dVAE whose codes it learns (default: data/dvae)")
     p.add_argument("--out", type=Path, default=Path("runs/transformer"),
                    help="run folder, a loadable model (default: runs/transformer)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
     p.add_argument("--until", type=_positive_int, default=None,
                    help="stop after this step (continue later with --resume)")
     p.add_argument("--images", type=_positive_int, default=60_000,
@@ -323,6 +486,7 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     from .train_transformer import evaluate_samples, format_sample_report, load_tokenizer, train_transformer
 
     _check_out(args)
+    _clear_for_overwrite(args)
     try:
         model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
@@ -350,12 +514,14 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each), e.g. 'a blue diamond at the top'")
     p.add_argument("--candidates", type=_positive_int, default=16, help="N images sampled per prompt (default: 16)")
     p.add_argument("--keep", type=_positive_int, default=4, help="K best images kept per prompt, K <= N (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="a prompt and a seed always give the same images")
-    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs, contact sheets and results.json")
-    p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
+    p.add_argument("--seed", type=_seed, default=0, help="a prompt and a seed always give the same images")
+    p.add_argument("--out", type=Path, required=True,
+                   help="a new or empty folder for the PNGs, contact sheets and results.json")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (as a whole, never mixed)")
+    p.add_argument("--temperature", type=_temperature, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
+    p.add_argument("--cond-scale", type=_cond_scale, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
                    help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
@@ -364,27 +530,69 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _unwritable(out: Path) -> str | None:
-    """Why files cannot be written under ``out``, or None when they can (nothing is created to find out)."""
-    import os
+    """Why files cannot be written under ``out``, or None when they can.
 
-    if out.exists():
-        if not out.is_dir():
-            return f"{out} exists and is not a folder"
-        return None if os.access(out, os.W_OK | os.X_OK) else f"{out} is not writable"
-    parent = out.parent
+    A temporary file is created (and removed) in ``out`` or its nearest
+    existing parent: permission bits do not tell (root may write anywhere by
+    them, yet not in ``/proc``).
+    """
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a folder"
+    parent = out
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         return f"cannot create {out}: {parent} is a file"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {out}: {parent} is not writable"
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        return f"cannot write in {parent} ({err.strerror or err})"
+    return None
+
+
+def _write_generation(results, folder: Path, out: Path) -> tuple[list[dict], list[str]]:
+    """Write each result's PNGs and contact sheet into ``folder``; returns the results.json entries and the
+    lines to print (naming the files by ``out``, where ``folder`` is moved at the end)."""
+    from . import grader
+    from .pipeline import contact_sheet
+
+    entries, lines = [], []
+    for i, result in enumerate(results):
+        stem = f"{i:02d}_{_slug(result.prompt)}"
+        names = [f"{stem}_{rank}.png" for rank in range(len(result.images))]
+        for name, image in zip(names, result.images):
+            _write_png(image, folder / name)
+        _write_png(contact_sheet(result.images), folder / f"{stem}_sheet.png")
+        entry = {"prompt": result.prompt, "images": names}
+        if result.scores is not None:
+            entry["clip_scores"] = [round(float(s), 6) for s in result.scores]
+        entries.append(entry)
+        grades = [grader.grade(image, result.prompt) for image in result.images]
+        graded = (f"{sum(g.match for g in grades)}/{len(grades)} match the prompt" if grades[0].gradable
+                  else "not gradable (outside the Shapes grammar)")
+        scores = "" if result.scores is None else " | CLIP " + " ".join(f"{s:.3f}" for s in result.scores)
+        lines.append(f"{result.prompt!r}: {out / stem}_*.png, {graded}{scores}")
+    return entries, lines
+
+
+def _generate_into(folder: Path, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Load the models, draw ``args.prompt`` and write the images into ``folder`` (see ``_write_generation``)."""
+    from .pipeline import generate, load_models
+
+    models = load_models(args.models, clip=not args.no_clip)
+    results = generate(args.prompt, models.transformer, models.dvae, models.tokenizer, candidates=args.candidates,
+                       keep=args.keep, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, condition_scale=args.cond_scale, clip_model=models.clip)
+    return _write_generation(results, folder, args.out)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     import json
 
-    from . import grader
-    from .checkpoints import CheckpointError
-    from .pipeline import contact_sheet, generate, load_models
+    from .checkpoints import CheckpointError, staged_folder
 
     if args.keep > args.candidates:
         args.parser.error(f"--keep ({args.keep}) cannot exceed --candidates ({args.candidates})")
@@ -394,33 +602,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if problem:
         args.parser.error(f"--out: {problem}")
     try:
-        models = load_models(args.models, clip=not args.no_clip)
+        # the folder is created first (the test that --out is writable), filled, then renamed onto --out
+        with staged_folder(args.out, overwrite=args.overwrite) as folder:
+            entries, lines = _generate_into(folder, args)
+            (folder / "results.json").write_text(json.dumps({"results": entries}, indent=2) + "\n")
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    results = generate(args.prompt, models.transformer, models.dvae, models.tokenizer, candidates=args.candidates,
-                       keep=args.keep, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, condition_scale=args.cond_scale, clip_model=models.clip)
-
-    # everything is drawn: only now write the files
-    args.out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i, result in enumerate(results):
-        stem = f"{i:02d}_{_slug(result.prompt)}"
-        names = [f"{stem}_{rank}.png" for rank in range(len(result.images))]
-        for name, image in zip(names, result.images):
-            _write_png(image, args.out / name)
-        _write_png(contact_sheet(result.images), args.out / f"{stem}_sheet.png")
-        entry = {"prompt": result.prompt, "images": names}
-        if result.scores is not None:
-            entry["clip_scores"] = [round(float(s), 6) for s in result.scores]
-        entries.append(entry)
-        grades = [grader.grade(image, result.prompt) for image in result.images]
-        graded = (f"{sum(g.match for g in grades)}/{len(grades)} match the prompt" if grades[0].gradable
-                  else "not gradable (outside the Shapes grammar)")
-        scores = "" if result.scores is None else " | CLIP " + " ".join(f"{s:.3f}" for s in result.scores)
-        print(f"{result.prompt!r}: {args.out / stem}_*.png, {graded}{scores}")
-    (args.out / "results.json").write_text(json.dumps({"results": entries}, indent=2) + "\n")
+        return _fail(str(err))
+    print("\n".join(lines))
     print(f"wrote {args.out / 'results.json'}")
     return 0
 
@@ -437,9 +625,10 @@ def add_train_clip(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps; the schedule spans them (default: 1500)")
     p.add_argument("--batch-size", type=_positive_int, default=128,
                    help="pairs per step, the negatives of InfoNCE (default: 128; under torchrun: in all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/clip"), help="run folder, a loadable model (default: runs/clip)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU, fp32 on a CPU")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
@@ -454,6 +643,7 @@ def run_train_clip(args: argparse.Namespace) -> int:
     from .train_clip import evaluate_clip, format_clip_report, train_clip
 
     _check_out(args)
+    _clear_for_overwrite(args)
     try:
         model = train_clip(CLIPConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
@@ -481,7 +671,7 @@ def add_train_all(sub: argparse._SubParsersAction) -> None:
                    help="model sizes and run lengths (default: cpu, the shipped models' plan)")
     p.add_argument("--out", type=Path, default=Path("runs/all"),
                    help="the run folder; generate --models reads it (default: runs/all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast on a GPU (and for the dVAE on a CPU with native bf16), else fp32")
     p.add_argument("--threads", type=_positive_int, default=1,
@@ -523,14 +713,15 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=_positive_int, default=200, help="captions per split (default: 200)")
     p.add_argument("--candidates", type=_positive_int, default=16, help="N images sampled per caption (default: 16)")
     p.add_argument("--keep", type=_positive_int, default=4, help="K best images per caption, K <= N (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="picks the captions and seeds the sampler (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="picks the captions and seeds the sampler (default: 0)")
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
-    p.add_argument("--out", type=Path, default=None, help="also write the report(s) to this JSON file")
-    p.add_argument("--temperature", type=_positive_float, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
+    p.add_argument("--out", type=Path, default=None, help="also write the report(s) to this JSON file (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists")
+    p.add_argument("--temperature", type=_temperature, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=float, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
+    p.add_argument("--cond-scale", type=_cond_scale, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
                    help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
     p.set_defaults(func=run_evaluate, parser=p)
 
@@ -544,18 +735,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.keep > args.candidates:
         args.parser.error(f"--keep ({args.keep}) cannot exceed --candidates ({args.candidates})")
-    if args.seed < 0:
-        args.parser.error(f"--seed must be 0 or more, got {args.seed}")
     if args.out is not None:
         problem = (f"{args.out} is a folder: give a file name such as report.json" if args.out.is_dir()
+                   else f"{args.out} exists; pass --overwrite to replace it" if args.out.exists() and not args.overwrite
                    else _unwritable(args.out.parent))
         if problem:
             args.parser.error(f"--out: {problem}")
     try:
         models = load_models(args.models)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     splits = ["seen", "compositional"] if args.split == "both" else [args.split]
     reports = evaluate_splits(models, splits, n_prompts=args.prompts, candidates=args.candidates, keep=args.keep,
                               seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -579,8 +768,10 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the course on one prompt: tokens, a reference Shapes image, then 16 samples "
                                     "reranked to the best 4 (once the transformer is trained)")
     p.add_argument("prompt", nargs="?", default=DEMO_PROMPT, help=f"default: {DEMO_PROMPT!r}")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for the images (default: demo_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("demo_out"),
+                   help="a new or empty folder for the images (default: demo_out)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (as a whole, never mixed)")
     p.set_defaults(func=run_demo, parser=p)
 
 
@@ -591,46 +782,53 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from . import DATA_DIR, grader, shapes
     from .bpe import ByteLevelBPE
+    from .checkpoints import CheckpointError, staged_folder
     from .pipeline import CREATE_COMMANDS
     from .viz import visible
 
     prompt = args.prompt.strip()
     if not prompt:
-        print("error: the prompt is empty: give a caption such as 'a blue diamond at the top'", file=sys.stderr)
-        return 2
-    problem = _unwritable(args.out)
-    if problem:
-        print(f"error: --out: {problem}", file=sys.stderr)
-        return 2
-    tok = ByteLevelBPE.load(_tokenizer_path(None))
-    print(f"prompt: {prompt!r}")
-    print(f"tokens ({len(tok.encode(prompt))}):", " | ".join(visible(p) for p in tok.tokens(prompt)))
-
-    # 1. the reference: the Shapes renderer draws the prompt exactly (when it is in the grammar)
-    name = None
+        return _fail("the prompt is empty: give a caption such as 'a blue diamond at the top'")
     try:
-        scene = shapes.scene_for_caption(prompt, np.random.default_rng(args.seed))
-    except shapes.CaptionError as err:
-        print(f"this prompt is outside the Shapes grammar, so no reference image can be drawn: {err}")
-    else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        name = f"{_slug(prompt)}.png"
-        image = shapes.render(scene)
-        _write_png(image, args.out / name)
-        print(f"reference render -> {args.out / name}: {_grade_line(grader.grade(image, prompt))}")
+        tok = ByteLevelBPE.load(_tokenizer_path(None))
+    except (OSError, ValueError) as err:
+        return _fail(str(err))
+    generate_too = (DATA_DIR / "transformer" / "config.json").is_file()
+    try:
+        with staged_folder(args.out, overwrite=args.overwrite) as folder:  # renamed onto --out at the end
+            print(f"prompt: {prompt!r}")
+            print(f"tokens ({len(tok.encode(prompt))}):", " | ".join(visible(p) for p in tok.tokens(prompt)))
 
-    # 2. the models draw it: what `generate` does, with the shipped models
-    if (DATA_DIR / "transformer" / "config.json").is_file():
-        print("sampling 16 candidates, keeping the best 4 ...")
-        return run_generate(argparse.Namespace(
-            prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=0.9, top_k=None,
-            top_p=None, cond_scale=1.25, models=DATA_DIR, no_clip=False, parser=args.parser))
-    command = CREATE_COMMANDS["transformer"].format(dir=DATA_DIR / "transformer", dvae=DATA_DIR / "dvae")
-    print(f"generation needs the trained transformer ({DATA_DIR / 'transformer' / 'config.json'} is missing): "
-          f"train it with `{command}`")
-    if name is not None:
-        results = {"results": [{"prompt": prompt, "images": [name]}]}
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            # 1. the reference: the Shapes renderer draws the prompt exactly (when it is in the grammar)
+            name, entries, lines = None, [], []
+            try:
+                scene = shapes.scene_for_caption(prompt, np.random.default_rng(args.seed))
+            except shapes.CaptionError as err:
+                print(f"this prompt is outside the Shapes grammar, so no reference image can be drawn: {err}")
+            else:
+                name = f"{_slug(prompt)}.png"
+                image = shapes.render(scene)
+                _write_png(image, folder / name)
+                print(f"reference render -> {args.out / name}: {_grade_line(grader.grade(image, prompt))}")
+                entries = [{"prompt": prompt, "images": [name]}]
+
+            # 2. the models draw it: what `generate` does, with the shipped models
+            if generate_too:
+                print("sampling 16 candidates, keeping the best 4 ...")
+                entries, lines = _generate_into(folder, argparse.Namespace(
+                    prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=0.9,
+                    top_k=None, top_p=None, cond_scale=1.25, models=DATA_DIR, no_clip=False))
+            else:
+                command = CREATE_COMMANDS["transformer"].format(dir=DATA_DIR / "transformer", dvae=DATA_DIR / "dvae")
+                print(f"generation needs the trained transformer ({DATA_DIR / 'transformer' / 'config.json'} is "
+                      f"missing): train it with `{command}`")
+            if entries:
+                (folder / "results.json").write_text(json.dumps({"results": entries}, indent=2) + "\n")
+    except CheckpointError as err:
+        return _fail(str(err))
+    if lines:
+        print("\n".join(lines))
+    if entries:
         print(f"wrote {args.out / 'results.json'}")
     return 0
 
@@ -638,7 +836,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="copy a model folder with its weights in half precision (how data/ ships)")
     p.add_argument("src", type=Path, help="a model folder: config.json + model.safetensors (e.g. runs/dvae)")
-    p.add_argument("dst", type=Path, help="where to write the copy (e.g. data/dvae)")
+    p.add_argument("dst", type=Path, help="a new or empty folder for the copy (e.g. data/dvae)")
+    p.add_argument("--overwrite", action="store_true", help="replace what dst holds")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="how the floating-point weights are stored (default: float16)")
     p.set_defaults(func=run_export)
@@ -650,10 +849,9 @@ def run_export(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, export_model
 
     try:
-        out = export_model(args.src, args.dst, getattr(torch, args.dtype))
+        out = export_model(args.src, args.dst, getattr(torch, args.dtype), overwrite=args.overwrite)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     size = (out / "model.safetensors").stat().st_size
     print(f"{args.src} -> {out} ({args.dtype} weights, {size / 1e6:.1f} MB)")
     return 0
@@ -674,9 +872,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAINING_COMMANDS = ("train-dvae", "train-transformer", "train-clip", "train-all")
+
+
+def _last_checkpoint(args: argparse.Namespace) -> str:
+    """Where a training command can resume from, for the messages after Ctrl-C or a full disk."""
+    from .checkpoints import STATE_NAME, saved_step
+
+    if args.command == "train-all":
+        return "run the same command again to resume"
+    step = saved_step(args.out / STATE_NAME)
+    if step is None:
+        return "no checkpoint was saved yet"
+    return f"the last checkpoint, {args.out / STATE_NAME}, is at step {step}: resume with the same command and --resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one command; bad input, an unwritable file and Ctrl-C end in one line and an exit code, not a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _text_problem(args)
+    if problem:
+        parser.error(problem)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        where = _last_checkpoint(args) if args.command in TRAINING_COMMANDS else "nothing was written"
+        print(f"\ninterrupted; {where}", file=sys.stderr)
+        return 130
+    except OSError as err:  # a full disk, a file that vanished: the message names the file
+        what = f"{err.strerror} ({err.filename})" if err.strerror and err.filename else str(err)
+        hint = f"; {_last_checkpoint(args)}" if args.command in TRAINING_COMMANDS else ""
+        return _fail(f"{what}{hint}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from .train_transformer import (
     load_tokenizer,
     load_transformer,
     sample_images,
+    tokenizer_hash,
     training_info,
     weights_hash,
 )
@@ -90,6 +91,11 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+# Candidates sampled at once. Memory grows with the batch (about 0.2 MB per candidate for the shipped
+# models), so N = 100000 is drawn 64 at a time, keeping only the best K between batches.
+SAMPLE_BATCH = 64
+
+
 @torch.no_grad()
 def generate(
     prompts: str | Sequence[str],
@@ -112,6 +118,7 @@ def generate(
     temperature, top-k, top-p and condition scale) → decode with the dVAE →
     with ``clip_model``, sort by ``clip.rerank`` and keep the best K with their
     scores; without it, keep the first K in sampling order (scores None).
+    Candidates are drawn ``SAMPLE_BATCH`` at a time, so any N fits in memory.
     ``device``: where to run (the models are moved there); by default the
     transformer's device. An empty prompt raises ``ValueError``; a prompt
     longer than the transformer's text length is truncated with a warning.
@@ -135,13 +142,23 @@ def generate(
             warnings.simplefilter("always")  # say so for every overlong prompt, not only the first
             text = encode_captions(tokenizer, [prompt], transformer.config.text_len)  # (1, Lt)
         generator = torch.Generator(device=device).manual_seed(seed)
-        images, _ = sample_images(transformer, dvae, text.repeat(candidates, 1), temperature=temperature,
-                                  top_k=top_k, top_p=top_p, condition_scale=condition_scale,
-                                  generator=generator)  # (N, H, W, C) uint8
-        scores = None
-        if clip_model is not None:
-            images, scores = rerank(clip_model, tokenizer, prompt, images)  # best first
-            scores = np.asarray(scores, dtype=np.float32)[:keep]
+        images, scores = None, None  # the best K so far, best first
+        for start in range(0, candidates, SAMPLE_BATCH):  # N <= SAMPLE_BATCH: one batch
+            batch, _ = sample_images(transformer, dvae, text.repeat(min(SAMPLE_BATCH, candidates - start), 1),
+                                     temperature=temperature, top_k=top_k, top_p=top_p,
+                                     condition_scale=condition_scale, generator=generator)  # (n, H, W, C) uint8
+            if clip_model is None:  # the first K in sampling order: the rest need not be drawn
+                images = batch if images is None else np.concatenate([images, batch])
+                if len(images) >= keep:
+                    break
+                continue
+            batch, batch_scores = rerank(clip_model, tokenizer, prompt, batch)  # best first
+            batch_scores = np.asarray(batch_scores, dtype=np.float32)
+            if images is not None:  # merge with the best so far (ties: the earlier sample first)
+                batch, batch_scores = np.concatenate([images, batch]), np.concatenate([scores, batch_scores])
+                order = np.argsort(-batch_scores, kind="stable")
+                batch, batch_scores = batch[order], batch_scores[order]
+            images, scores = batch[:keep], batch_scores[:keep]
         results.append(GenerationResult(prompt, np.ascontiguousarray(images[:keep]), scores))
     return results
 
@@ -178,9 +195,10 @@ CREATE_COMMANDS = {
 def _load(kind: str, load, path: Path, **hint) -> object:
     try:
         return load()
-    except checkpoints.CheckpointError as err:
+    except (checkpoints.CheckpointError, ValueError, OSError) as err:  # (a broken bpe.json raises ValueError)
         command = CREATE_COMMANDS[kind].format(dir=path, **hint)
-        raise checkpoints.CheckpointError(f"cannot load the {kind}: {err}. Create it with: {command}") from err
+        message = str(err).split(". Create it with:")[0].rstrip(".")  # the hint once, with this folder's command
+        raise checkpoints.CheckpointError(f"cannot load the {kind}: {message}. Create it with: {command}") from err
 
 
 def load_clip(model_dir: str | Path, device: str | None = None) -> torch.nn.Module:
@@ -224,5 +242,12 @@ def load_models(models_dir: str | Path | None = None, device: str | None = None,
             raise checkpoints.CheckpointError(
                 f"{dirs['clip']}: CLIP reads {clip_vocab} text ids but the tokenizer has {tokenizer.vocab_size}. "
                 f"Retrain it with: {CREATE_COMMANDS['clip'].format(dir=dirs['clip'])}"
+            )
+        clip_tokenizer = training_info(dirs["clip"]).get("tokenizer_sha256")  # (the shipped CLIP records none)
+        if clip_tokenizer and clip_tokenizer != tokenizer_hash(tokenizer):  # same size, other tokens: silent nonsense
+            raise checkpoints.CheckpointError(
+                f"{dirs['clip']}: this CLIP was trained with another tokenizer than {dirs['tokenizer'] / 'bpe.json'} "
+                "(its training.json records another tokenizer_sha256). "
+                "Retrain it with this tokenizer (train-all trains every model with one), or use --no-clip"
             )
     return Models(tokenizer, dvae, transformer, clip_model)

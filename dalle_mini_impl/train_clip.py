@@ -55,10 +55,12 @@ from .clip import (ATTRIBUTES, CLIP, CLIPConfig, attribute_values, contrastive_l
                    scene_attributes, zero_shot_probs)
 from .folder_data import FolderDataset, pick_caption_rows
 from .train import TrainingDiverged, _progress, _saved_step, resolve_precision, setup_cpu
+from .train_transformer import tokenizer_hash
 from .transformer import encode_captions
 
 MODEL_TYPE = "clip"
 METRICS_NAME = "metrics.jsonl"
+TRAINING_INFO = "training.json"  # how the model was trained, with the hash of its tokenizer (read by load_models)
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def train_clip(
     run_info["precision"] = precision
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(out_dir / METRICS_NAME, step)
+        checkpoints.trim_log(out_dir / METRICS_NAME, step)  # a torn last row (a kill while writing) is dropped
 
     pairs = distributed.wrap(PairEncoder(model))  # DDP around it under torchrun, the module itself otherwise
     forward = torch.compile(pairs) if device.startswith("cuda") else pairs
@@ -198,9 +200,13 @@ def train_clip(
         captions, first, count = data.caption_table()
         caption_ids = encode_captions(tokenizer, captions, config.text_len)
 
+    trained_with = {"tokenizer_sha256": tokenizer_hash(tokenizer)}  # load_models checks it against its tokenizer
+
     def save(at_step: int) -> None:
         checkpoints.save_training_state(state_path, model, optimizer, at_step, config, extra=run_info)
         checkpoints.save_model(model, config, out_dir, MODEL_TYPE)
+        info = {**run_info, **trained_with, "step": at_step}
+        checkpoints._write_text(out_dir / TRAINING_INFO, json.dumps(info, indent=2) + "\n")
 
     def evaluate(at_step: int, mean_loss: float) -> None:
         model.eval()
@@ -281,14 +287,6 @@ def _zero_shot_accuracy(model: CLIP, tokenizer, images: np.ndarray, scenes: list
         target = torch.tensor([values.index(lab[attribute]) for lab in labels])
         acc[attribute] = (probs[attribute].argmax(-1) == target).float().mean().item()
     return acc
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop the metric rows after ``step``: a resumed run writes them again."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(r + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------------------

@@ -117,6 +117,15 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def tokenizer_hash(tokenizer) -> str:
+    """SHA-256 of a tokenizer's vocabulary, merges and special tokens: two tokenizers that split alike share it.
+
+    A CLIP records it (``training.json``): with another tokenizer of the same
+    size it would read every id as another token and rank images at random.
+    """
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def compatibility_problems(config: TransformerConfig, tokenizer, dvae: DVAE) -> list[str]:
     """What stops a transformer with ``config`` from working with this tokenizer and dVAE ([] when nothing).
 

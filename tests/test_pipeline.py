@@ -154,7 +154,7 @@ def test_generate_cli_writes_results_json(models_dir, tmp_path, capsys):
     assert len(list(out.glob("*_sheet.png"))) == 2
     assert "results.json" in capsys.readouterr().out
     first = (out / results["results"][0]["images"][0]).read_bytes()
-    assert cli.main(argv) == 0 and (out / results["results"][0]["images"][0]).read_bytes() == first  # same seed
+    assert cli.main([*argv, "--overwrite"]) == 0 and (out / results["results"][0]["images"][0]).read_bytes() == first  # same seed
 
 
 def test_generate_cli_with_clip_writes_scores(models_dir, tmp_path, monkeypatch):
