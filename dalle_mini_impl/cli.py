@@ -99,7 +99,9 @@ def _read_image(path: Path):
                 grey = np.clip(np.round(grey / scale), 0, 255).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(image.convert("RGB"))
-    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # too big even to open
+        raise ValueError(f"{path}: {err}; images over {MAX_IMAGE_PIXELS:,} pixels are refused") from err
+    except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot read {path} as an image ({err})") from err
 
 
@@ -549,7 +551,8 @@ def _unwritable(out: Path) -> str | None:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as err:
-        return f"cannot write in {parent} ({err.strerror or err})"
+        where = f"{out}" if parent == out else f"{out} (in {parent})"
+        return f"cannot write {where}: {err.strerror or err}"
     return None
 
 
