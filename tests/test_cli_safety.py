@@ -313,7 +313,11 @@ def test_invalid_utf8_text_is_a_usage_error(argv, models_dir, tmp_path, capsys):
     ["--cond-scale", "nan"], ["--cond-scale", "inf"], ["--cond-scale", "1e300"], ["--temperature", "1e-320"],
     ["--seed", str(2**64)], ["--seed", str(2**32)], ["--seed", "-1"],
 ], ids=["cond-nan", "cond-inf", "cond-1e300", "temperature-denormal", "seed-2^64", "seed-2^32", "seed-negative"])
-def test_generate_refuses_unusable_numbers_before_loading(flag, models_dir, tmp_path, capsys):
+def test_generate_refuses_unusable_numbers_before_loading(flag, models_dir, tmp_path, capsys, monkeypatch):
+    def load_models(*args, **kwargs):
+        raise AssertionError("the models were loaded before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "load_models", load_models)
     with pytest.raises(SystemExit) as exc:
         generate(models_dir, tmp_path / "out", *flag)
     assert exc.value.code == 2 and flag[0] in capsys.readouterr().err and not (tmp_path / "out").exists()
