@@ -94,7 +94,7 @@ def test_a_run_killed_twice_with_sigkill_resumes_to_the_same_weights(images, tmp
 @pytest.mark.parametrize("argv, says", [
     (["train-all", "--preset", "tiny"], "invalid choice: 'tiny'"),
     (["train-all", "--threads", "0"], "must be at least 1"),
-    (["train-all", "--seed", "-1"], "--seed must be 0 or more"),
+    (["train-all", "--seed", "-1"], "--seed: must be from 0 to 4294967295"),
     (["train-all", "--data", "{tmp}/missing"], "is not a folder"),
     (["train-all", "--data", "{tmp}/empty"], "no usable image with a caption"),
     (["train-all", "--out", "{tmp}/a_file/run"], "is a file"),
