@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle_mini_impl import DATA_DIR, checkpoints
+from dalle_mini_impl import DATA_DIR, checkpoints, grader, shapes
 from dalle_mini_impl.dvae import (
     DVAE,
     DVAEConfig,
@@ -35,6 +35,7 @@ from dalle_mini_impl.train import (
     load_dvae,
     make_optimizer,
     to_float_images,
+    to_uint8_images,
     train_dvae,
     training_images,
 )
@@ -244,7 +245,7 @@ def test_dead_codes_restart_as_copies_of_busy_codes_where_error_is_high():
 
 
 def test_restarts_keep_more_codes_in_play(tmp_path):
-    images = training_images(32, seed=0)  # Shapes: mostly white, where a plain run collapses onto few codes
+    images = training_images(32, seed=0, source="train")  # Shapes: mostly white, where a plain run collapses onto few codes
     x = to_float_images(images)
     used = {}
     for every in (0, 5):
@@ -337,17 +338,17 @@ def shipped_report():
 
 
 def test_shipped_model_keeps_its_measured_quality(shipped_report):
-    # data/dvae/README.md: 88.2% of 1000 held-out images (94.2% test, 82.2% compositional), PSNR 27.5 dB
-    assert shipped_report["match"] >= 0.85, format_report(shipped_report)
+    # data/dvae/README.md, graded by the strict grader: 12% of 600 held-out images, PSNR 27.5 dB
+    assert shipped_report["match"] >= 0.10, format_report(shipped_report)
     assert shipped_report["psnr"] >= 27.0
     assert shipped_report["dead_codes"] <= 512 - 250  # at least 250 codes in use (285 measured on 1000 images)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped dVAE grades 88%: about one small cross in five comes back as a "
-                   "diamond, and small blue crosses (a pair never trained) 85% of the time, which alone keeps the 1000 "
-                   "images under ~92% (data/dvae/README.md) — remove this mark when a model that meets the bar ships")
+@pytest.mark.xfail(strict=True, reason="the shipped dVAE's round trips grade 12% under the strict grader: squares come "
+                   "back with rounded corners, crosses pinched, diamonds as blobs (data/dvae/README.md) — remove this "
+                   "mark when a model that meets the bar ships")
 def test_shipped_model_reconstructions_are_graded_correct(shipped_report):
-    assert shipped_report["match"] >= 0.95, format_report(shipped_report)
+    assert min(shipped_report["by_split"].values()) >= 0.98, format_report(shipped_report)
 
 
 def test_caption_round_trip_rate_grades_fresh_images_of_one_caption():
@@ -355,7 +356,11 @@ def test_caption_round_trip_rate_grades_fresh_images_of_one_caption():
     if not (model_dir / checkpoints.WEIGHTS_NAME).exists():
         pytest.skip(f"no shipped dVAE in {model_dir}")
     shipped = load_dvae(model_dir, device="cpu")
-    assert caption_round_trip_rate(shipped, "a large red square", n=20) == 1.0
+    rng = np.random.default_rng(0)  # the same scenes, graded by hand
+    scenes = [shapes.scene_for_caption("a large red circle", rng) for _ in range(10)]
+    rec = to_uint8_images(shipped.reconstruct(to_float_images(shapes.render_batch(scenes))))
+    by_hand = np.mean([grader.grade(image, "a large red circle").match for image in rec])
+    assert caption_round_trip_rate(shipped, "a large red circle", n=10) == pytest.approx(by_hand)
     blank = DVAE(DVAEConfig(**TINY))  # untrained: draws no object the grader can read
     assert caption_round_trip_rate(blank, "a large red square", n=5) == 0.0
 

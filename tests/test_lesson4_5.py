@@ -293,7 +293,7 @@ def test_failure_reasons_split_the_grader_reason_by_check():
     blank = np.full((64, 64, 3), 255, np.uint8)
     why = viz.failure_reasons(grader.grade(blank, "a red circle"))
     assert set(why) == {"count", "color", "shape"}
-    assert why["count"].startswith("the caption names 1 object") and why["color"] == viz.NO_OBJECT
+    assert why["count"] == "expected 1 object(s), found 0 (nothing)" and why["color"] == viz.NO_OBJECT
     image = shapes.render(shapes.make_scenes("test", 1, seed=0)[0])
     assert viz.failure_reasons(grader.grade(image, shapes.make_scenes("test", 1, seed=0)[0].caption)) == {}
     for grade in _grades()[2]:
