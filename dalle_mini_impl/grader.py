@@ -258,6 +258,7 @@ MIN_MARGIN = 0.05  # ... and every other shape's fit error at least this much hi
 SAMPLES = 4  # template coverage: 4 x 4 points per pixel
 NUDGES = (0.5, 0.25, 0.125)  # the fit moves the centre and the side by these steps (px)
 PAD = 4  # the fit's window: the patch's box and this many pixels around it
+MAX_SIDE = 40.0  # the spec's largest shape is 30 px: a patch fitted much larger (a canvas of one colour) is no shape
 SHAPE_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5, "cross": 5 / 9}  # area / side²
 
 
@@ -406,7 +407,7 @@ def recognise(soft: np.ndarray, mask: np.ndarray, others: np.ndarray | None = No
         fits[shape] = fit_shape(soft, mask, shape, others)
     ranked = sorted(fits.values(), key=lambda f: f.error)
     best, runner_up = ranked[0], ranked[1]
-    if best.acceptable and runner_up.error - best.error >= MIN_MARGIN:
+    if best.acceptable and runner_up.error - best.error >= MIN_MARGIN and best.side <= MAX_SIDE:
         return best.shape, fits
     return None, fits
 

@@ -332,3 +332,10 @@ def test_failures_come_as_data():
         ("color", "green"), ("size", "large"), ("relation", "the green circle to the right of the red square")]
     assert g.reason == "no match: " + "; ".join(str(f) for f in g.failures)
     assert {f.check for f in g.failures} == {k for k, v in g.checks.items() if v is False}
+
+
+def test_a_canvas_of_one_colour_is_no_shape():
+    """A solid red image, of any size, is not "a large red square": no Shapes object is wider than 30 px."""
+    for size in (1, 64, 200):
+        g = G.grade(np.full((size, size, 3), S.PALETTE["red"], np.uint8), "a large red square")
+        assert not g.match and g.checks["shape"] is False, (size, g.reason)
