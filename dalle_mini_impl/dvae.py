@@ -112,7 +112,8 @@ class DVAEConfig:
     diversity_weight: float = 0.0  # weight of KL(batch-average q ‖ uniform), not in the paper (0 = off):
     #                                  pushes the encoder to spread cells over many codes (the cpu preset:
     #                                  0.1: in the same 3500-step run, 285 codes in use instead of 79 and
-    #                                  88% of reconstructions graded correct instead of 78%; data/dvae/README.md)
+    #                                  88% of reconstructions graded correct instead of 78% by the earlier,
+    #                                  lenient grader; data/dvae/README.md)
     restart_every: int = 100  # every this many steps, codes unused since the last restart are re-seeded as
     #                            copies of the codes of badly reconstructed cells (0 = off, not in the
     #                            paper; see ``restart_dead_codes``)
