@@ -1,4 +1,4 @@
-"""Near misses: shapes a person would not name without hesitation, drawn like the renderer draws.
+"""Test images: mixed scenes of every split, and near misses (shapes a person would not name without hesitation).
 
 Each maker takes box coordinates ``u, v`` in [-1, 1] (as `shapes.inside_shape`)
 and a parameter, and says which points are inside. `draw` paints one on a
@@ -82,3 +82,12 @@ def draw(maker, param, side: float, cx: float, cy: float, color: str, canvas: np
     out = canvas.astype(np.float32)
     out += cov * (np.array(S.PALETTE[color], np.float32) - out)
     return np.rint(out).astype(np.uint8)
+
+
+def mixed_scenes(n: int, seed: int) -> list[S.Scene]:
+    """``n`` scenes cycling through every split and through one and two objects."""
+    scenes = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        scenes.append(S.sample_scene(rng, S.SPLITS[i % 4], n_objects=1 + (i // 4) % 2))
+    return scenes

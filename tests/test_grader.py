@@ -14,20 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _near_misses import draw, pinched_cross, rounded_diamond, rounded_square, star, teardrop
+from _near_misses import draw, mixed_scenes, pinched_cross, rounded_diamond, rounded_square, star, teardrop
 from dalle_mini_impl import grader as G
 from dalle_mini_impl import shapes as S
 
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
-
-
-def mixed_scenes(n: int, seed: int) -> list[S.Scene]:
-    """``n`` scenes cycling through every split and through one and two objects."""
-    scenes = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        scenes.append(S.sample_scene(rng, S.SPLITS[i % 4], n_objects=1 + (i // 4) % 2))
-    return scenes
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _near_misses import mixed_scenes
 from dalle_mini_impl import shapes as S
 
 SPEC_PALETTE = {
@@ -17,15 +18,6 @@ SPEC_PALETTE = {
     "green": (30, 160, 70), "blue": (40, 90, 220), "purple": (140, 60, 190),
 }
 SPEC_HELD_OUT = {("green", "triangle"), ("purple", "circle"), ("orange", "diamond"), ("blue", "cross"), ("yellow", "square")}
-
-
-def mixed_scenes(n: int, seed: int) -> list[S.Scene]:
-    """``n`` scenes cycling through every split and through one and two objects."""
-    scenes = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        scenes.append(S.sample_scene(rng, S.SPLITS[i % 4], n_objects=1 + (i // 4) % 2))
-    return scenes
 
 
 @pytest.fixture(scope="module")
