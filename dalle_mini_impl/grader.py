@@ -334,7 +334,7 @@ def fit_shape(soft: np.ndarray, mask: np.ndarray, shape: str, others: np.ndarray
     ``Σ |soft - blur(coverage)|`` over the box centre, the side (a pattern
     search: each moved by ±0.5, then ±0.25, then ±0.125 px while that helps)
     and the blur (one of `BLURS`). What it cannot explain, beyond `SLACK` per
-    pixel, is the misfit. ``nudge=False``: the box as it is, the best blur only.
+    pixel, is the misfit. ``nudge=False``: the better starting box as it is, with its best blur.
     """
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -350,8 +350,10 @@ def fit_shape(soft: np.ndarray, mask: np.ndarray, shape: str, others: np.ndarray
         weight *= ~np.pad(others, PAD)[y0:y1 + 2 * PAD, x0:x1 + 2 * PAD]
     spills = bool((canvas == 0).any())  # the window reaches beyond the canvas
     px, py = np.arange(x0 - PAD, x1 + PAD) + 0.5, np.arange(y0 - PAD, y1 + PAD) + 0.5  # pixel centres
-
     beyond = np.kron(1 - canvas, np.ones((SAMPLES, SAMPLES), np.float32))  # (H·n, W·n): samples off the canvas
+
+    def blurred(inside: np.ndarray, b: float) -> np.ndarray:  # (H, W): coverage, blurred by b
+        return blur_average(len(py), b) @ inside @ blur_average(len(px), b).T
 
     def residual(p, b) -> np.ndarray:
         """What the template at place ``p`` and blur ``b`` leaves unexplained, per pixel.
@@ -361,16 +363,15 @@ def fit_shape(soft: np.ndarray, mask: np.ndarray, shape: str, others: np.ndarray
         is cut, and pays for every pixel it spills.
         """
         inside = template_samples(shape, p, px, py)
-        out = weight * np.abs(window - blur_average(len(py), b) @ inside @ blur_average(len(px), b).T)
+        out = weight * np.abs(window - blurred(inside, b))
         if spills:
-            out += (1 - canvas) * (blur_average(len(py), 0.0) @ inside @ blur_average(len(px), 0.0).T)
+            out += (1 - canvas) * blurred(inside, 0.0)
         return out
 
-    def cost(p, blurs) -> tuple[float, float]:  # Σ residual, the spill summed straight from the samples
+    def cost(p, blurs) -> tuple[float, float]:  # Σ residual for the best of ``blurs``; the spill from the samples
         inside = template_samples(shape, p, px, py)
         spill = float((inside * beyond).sum()) / SAMPLES ** 2 if spills else 0.0
-        return min((float((weight * np.abs(window - blur_average(len(py), b) @ inside @ blur_average(len(px), b).T)).sum())
-                    + spill, b) for b in blurs)
+        return min((float((weight * np.abs(window - blurred(inside, b))).sum()) + spill, b) for b in blurs)
 
     def nearby(blur: float) -> tuple[float, ...]:  # the blur found so far and its neighbours in BLURS
         i = BLURS.index(blur)
