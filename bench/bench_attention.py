@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import dalle_mini_impl.attention as attention
 from dalle_mini_impl.attention import build_mask
-from dalle_mini_impl.train import cpu_has_bf16, setup_cpu
+from dalle_mini_impl.train_common import cpu_has_bf16, setup_cpu
 from dalle_mini_impl.train_transformer import measure_steps_per_second
 from dalle_mini_impl.transformer import TransformerConfig
 

@@ -26,15 +26,12 @@ import torch
 
 from dalle_mini_impl import DATA_DIR, grader, shapes
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
-from dalle_mini_impl.train import (
-    caption_round_trip_rate,
-    cpu_has_bf16,
-    evaluate_reconstructions,
-    format_report,
-    load_dvae,
-    setup_cpu,
-    to_float_images,
-)
+from dalle_mini_impl.dvae import load as load_dvae
+from dalle_mini_impl.dvae import reconstruct_batched
+from dalle_mini_impl.evaluate import caption_round_trip_rate, evaluate_reconstructions
+from dalle_mini_impl.evaluate import format_reconstruction_report as format_report
+from dalle_mini_impl.images import to_float_images, to_uint8_images
+from dalle_mini_impl.train_common import cpu_has_bf16, setup_cpu
 
 
 def originals_rate(n: int, seed: int) -> float:
@@ -53,7 +50,6 @@ def save_grid(model, path: str, n: int = 12, seed: int = 0) -> None:
     import numpy as np
     from PIL import Image
 
-    from dalle_mini_impl.train import reconstruct_batched, to_uint8_images
 
     rows = []
     for split in ("test", "compositional"):

@@ -220,9 +220,10 @@ def main(argv=None) -> dict:
     import torch
 
     from dalle_mini_impl.pipeline import Models
-    from dalle_mini_impl.train import load_dvae
-    from dalle_mini_impl.train_clip import load_clip
-    from dalle_mini_impl.train_transformer import cache_codes, load_tokenizer
+    from dalle_mini_impl.dvae import load as load_dvae
+    from dalle_mini_impl.clip import load as load_clip
+    from dalle_mini_impl.bpe import load_tokenizer
+    from dalle_mini_impl.train_transformer import cache_codes
 
     plan = make_plan(args)
     run_dir = args.run_dir or REPO / "runs" / time.strftime("time_to_quality_%Y%m%d_%H%M%S")

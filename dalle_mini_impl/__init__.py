@@ -29,7 +29,7 @@ CACHE_DIR = Path(os.environ.get("DMI_CACHE_DIR", REPO_DIR / ".cache"))
 
 _SUBMODULES = {
     "shapes", "grader", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
-    "checkpoints", "train", "train_transformer", "train_clip", "pipeline", "evaluate",
+    "checkpoints", "images", "train_common", "train_dvae", "train_transformer", "train_clip", "pipeline", "evaluate",
     "folder_data", "distributed", "train_all",
     "viz", "widgets", "exercises", "cli",
 }

@@ -78,6 +78,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from collections import Counter
@@ -658,3 +659,29 @@ class ByteLevelBPE:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------
+# the shipped tokenizer
+# ---------------------------------------------------------------------------
+
+
+def load_tokenizer(path: str | Path | None = None) -> ByteLevelBPE:
+    """The course tokenizer (default: the shipped ``data/tokenizer/bpe.json``)."""
+    from . import DATA_DIR, checkpoints
+
+    path = Path(path) if path is not None else DATA_DIR / "tokenizer" / "bpe.json"
+    if not path.is_file():
+        raise checkpoints.CheckpointError(
+            f"{path}: file not found; expected the course tokenizer. Create it with: dalle-mini-impl train-tokenizer"
+        )
+    return ByteLevelBPE.load(path)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """SHA-256 of a tokenizer's vocabulary, merges and special tokens: two tokenizers that split alike share it.
+
+    A CLIP records it (``training.json``): with another tokenizer of the same
+    size it would read every id as another token and rank images at random.
+    """
+    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()

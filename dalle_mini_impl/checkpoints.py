@@ -547,3 +547,34 @@ def start_or_resume(state_path: Path, model: torch.nn.Module, optimizer, config:
         raise CheckpointError(f"{state_path}: a run already exists here; pass resume=True (--resume) "
                               "to continue it or choose another folder")
     return 0
+
+
+# ---------------------------------------------------------------------------
+# what a model folder records about its training
+# ---------------------------------------------------------------------------
+
+TRAINING_INFO = "training.json"  # how a model folder was trained: which dVAE or tokenizer, steps, seed
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameter names and bytes: two models with equal weights share it."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def training_info(model_dir: str | Path) -> dict:
+    """What training recorded about a model folder (``training.json``: steps, seed, the dVAE or tokenizer it used), or {} when absent."""
+    path = Path(model_dir) / TRAINING_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_training_info(out_dir: str | Path, info: dict) -> None:
+    """Write ``out_dir/training.json`` (atomically), read back by ``training_info``."""
+    _write_text(Path(out_dir) / TRAINING_INFO, json.dumps(info, indent=2) + "\n")

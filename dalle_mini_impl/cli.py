@@ -22,8 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# The course tokenizer's special tokens: padding, start and end of a caption.
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]
+from .defaults import CONDITION_SCALE, SPECIAL_TOKENS, TEMPERATURE
 
 # Seeds: one rule for every command. 2**32 values: NumPy's legacy generator (seeded by training) takes no more,
 # and a seed that would be reduced modulo 2**32 would silently repeat another seed's images.
@@ -118,6 +117,25 @@ def _unique_name(stem: str, used: set[str], suffix: str = ".png") -> str:
     return name
 
 
+
+def _add_training_flags(p: argparse.ArgumentParser, model: str, steps: int, batch_size: int,
+                        batch_help: str = "", precision_help: str = "") -> None:
+    """The flags every ``train-*`` command shares, declared once."""
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
+    p.add_argument("--steps", type=_positive_int, default=steps,
+                   help=f"optimizer steps; the schedules span them (default: {steps})")
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size,
+                   help=f"{batch_help or 'examples per step'} (default: {batch_size}; under torchrun: in all, "
+                        "split over the processes)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs") / model,
+                   help=f"run folder, a loadable model (default: runs/{model})")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help=precision_help or "auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+
 def _fail(message: str) -> int:
     """Print a one-line error and return the exit code of errors, 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -128,13 +146,6 @@ def _tokenizer_path(path: Path | None) -> Path:
     from . import DATA_DIR
 
     return Path(path) if path is not None else DATA_DIR / "tokenizer" / "bpe.json"
-
-
-def _write_png(image, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -229,6 +240,7 @@ def run_render(args: argparse.Namespace) -> int:
     from . import shapes
 
     from .checkpoints import CheckpointError, staged_folder
+    from .images import save_png
 
     rng = np.random.default_rng(args.seed)
     try:
@@ -240,7 +252,7 @@ def run_render(args: argparse.Namespace) -> int:
         with staged_folder(args.out, overwrite=args.overwrite) as folder:
             for caption, scene in zip(args.caption, scenes):
                 name = _unique_name(_slug(caption), used)  # two captions with one slug get two files
-                _write_png(shapes.render(scene), folder / name)
+                save_png(shapes.render(scene), folder / name)
                 lines.append(f"{caption!r} -> {args.out / name}")
     except CheckpointError as err:
         return _fail(str(err))
@@ -287,22 +299,11 @@ def run_grade(args: argparse.Namespace) -> int:
 
 def add_train_dvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-dvae", help="train the discrete VAE (images <-> 8x8 codes) on Shapes images")
-    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=3500,
-                   help="optimizer steps; the schedules span them (default: 3500)")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
-                   help="images per step (under torchrun: in all, split over the processes)")
-    p.add_argument("--seed", type=_seed, default=0)
+    _add_training_flags(p, "dvae", steps=3500, batch_size=32, batch_help="images per step")
     p.add_argument("--images", type=_positive_int, default=60_000, help="training images rendered once (default: 60000)")
     p.add_argument("--source", choices=["images_all", "train"], default="images_all",
                    help="images_all: every colour-shape pair (the dVAE never reads a caption); "
                         "train: without the held-out pairs (default: images_all)")
-    p.add_argument("--out", type=Path, default=Path("runs/dvae"), help="run folder, a loadable model (default: runs/dvae)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
-    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
     p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
                    help="override one DVAEConfig field of the preset, e.g. --set logit_init_scale=1.0 (repeatable)")
     p.set_defaults(func=run_train_dvae, parser=p)
@@ -345,7 +346,9 @@ def run_train_dvae(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .distributed import is_main
     from .dvae import DVAEConfig
-    from .train import TrainingDiverged, evaluate_reconstructions, format_report, train_dvae
+    from .evaluate import evaluate_reconstructions, format_reconstruction_report
+    from .train_common import TrainingDiverged
+    from .train_dvae import train_dvae
 
     _check_out(args)
     try:
@@ -358,11 +361,10 @@ def run_train_dvae(args: argparse.Namespace) -> int:
                            out_dir=args.out, resume=args.resume, n_images=args.images, source=args.source,
                            precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
-    print(format_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
+    print(format_reconstruction_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
     return 0
 
 
@@ -378,11 +380,11 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from .checkpoints import CheckpointError, staged_folder
-    from .train import load_dvae
+    from .dvae import load as load_dvae
+    from .images import save_png, to_float_images, to_uint8_images
 
     missing = [str(p) for p in args.image if not p.is_file()]
     if missing:
@@ -396,10 +398,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                 image = Image.fromarray(_read_image(path))
                 if image.size != (size, size):
                     image = image.resize((size, size), Image.Resampling.BILINEAR)
-                x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]  # (1, C, H, W)
-                y = model.reconstruct(x)[0].permute(1, 2, 0)  # (H, W, C)
+                x = to_float_images(np.array(image)[None])  # (1, C, H, W)
                 name = _unique_name(path.stem, used)  # a/x.png and b/x.png -> x.png and x_2.png
-                _write_png((y * 255).round().to(torch.uint8).numpy(), folder / name)
+                save_png(to_uint8_images(model.reconstruct(x))[0], folder / name)
                 lines.append(f"{path} -> {args.out / name}")
     except (CheckpointError, ValueError) as err:
         return _fail(str(err))
@@ -416,6 +417,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -458,50 +466,42 @@ def _probability(text: str) -> float:
 
 def add_train_transformer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-transformer", help="train the transformer (captions -> dVAE codes) on Shapes")
-    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=2400,
-                   help="optimizer steps; the learning-rate schedule spans them (default: 2400)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--seed", type=_seed, default=0)
+    _add_training_flags(p, "transformer", steps=2400, batch_size=64, batch_help="(caption, codes) pairs per step")
     p.add_argument("--dvae", type=Path, default=None, help="the dVAE whose codes it learns (default: data/dvae)")
-    p.add_argument("--out", type=Path, default=Path("runs/transformer"),
-                   help="run folder, a loadable model (default: runs/transformer)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
     p.add_argument("--until", type=_positive_int, default=None,
                    help="stop after this step (continue later with --resume)")
     p.add_argument("--images", type=_positive_int, default=60_000,
                    help="training scenes, encoded to codes once and cached in .cache/ (default: 60000)")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    p.add_argument("--eval-prompts", type=int, default=200,
-                   help="test and compositional captions graded after training, each; up to 32 of them also at "
-                        "every sample PNG during training (default: 200; 0 skips)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on a GPU or a CPU with native bf16, else fp32")
-    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    p.add_argument("--eval-prompts", type=_count, default=200,
+                   help="test and compositional captions graded after training, each (default: 200; 0 skips)")
+    p.add_argument("--sample-eval-prompts", type=_count, default=32,
+                   help="test captions graded at every sample PNG during training, logged to evals.jsonl "
+                        "(default: 32; 0 skips)")
     p.set_defaults(func=run_train_transformer, parser=p)
 
 
 def run_train_transformer(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
-    from .train import TrainingDiverged
-    from .train_transformer import evaluate_samples, format_sample_report, load_tokenizer, train_transformer
+    from .bpe import load_tokenizer
+    from .evaluate import evaluate_samples, format_sample_report
+    from .train_common import TrainingDiverged
+    from .train_transformer import train_transformer
 
     _check_out(args)
     _clear_for_overwrite(args)
     try:
         model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
-                                  n_images=args.images, lr=args.lr, eval_prompts=max(0, min(32, args.eval_prompts)),
+                                  n_images=args.images, lr=args.lr, eval_prompts=args.sample_eval_prompts,
                                   precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     from .distributed import is_main
 
     finished = args.until is None or args.until >= args.steps
     if args.eval_prompts > 0 and finished and is_main():  # under torchrun, rank 0 reports
-        from .train import load_dvae
+        from .dvae import load as load_dvae
 
         model = model.float()
         dvae, tokenizer = load_dvae(args.dvae, device=str(model.image_head.weight.device)), load_tokenizer()
@@ -520,11 +520,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="a new or empty folder for the PNGs, contact sheets and results.json")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds (as a whole, never mixed)")
-    p.add_argument("--temperature", type=_temperature, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
+    p.add_argument("--temperature", type=_temperature, default=TEMPERATURE,
+                   help=f"< 1 sharper, > 1 more varied (default: {TEMPERATURE})")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=_cond_scale, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
-                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
+    p.add_argument("--cond-scale", type=_cond_scale, default=CONDITION_SCALE,
+                   help=f"condition scale: 1 plain sampling, > 1 follows the prompt more (default: {CONDITION_SCALE})")
     p.add_argument("--models", type=Path, default=None,
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
     p.add_argument("--no-clip", action="store_true", help="skip CLIP reranking even when a CLIP model exists")
@@ -560,15 +561,15 @@ def _write_generation(results, folder: Path, out: Path) -> tuple[list[dict], lis
     """Write each result's PNGs and contact sheet into ``folder``; returns the results.json entries and the
     lines to print (naming the files by ``out``, where ``folder`` is moved at the end)."""
     from . import grader
-    from .pipeline import contact_sheet
+    from .images import contact_sheet, save_png
 
     entries, lines = [], []
     for i, result in enumerate(results):
         stem = f"{i:02d}_{_slug(result.prompt)}"
         names = [f"{stem}_{rank}.png" for rank in range(len(result.images))]
         for name, image in zip(names, result.images):
-            _write_png(image, folder / name)
-        _write_png(contact_sheet(result.images), folder / f"{stem}_sheet.png")
+            save_png(image, folder / name)
+        save_png(contact_sheet(result.images), folder / f"{stem}_sheet.png")
         entry = {"prompt": result.prompt, "images": names}
         if result.scores is not None:
             entry["clip_scores"] = [round(float(s), 6) for s in result.scores]
@@ -623,18 +624,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_train_clip(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-clip", help="train CLIP (captions <-> images in one space) on fresh Shapes pairs")
-    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
-    p.add_argument("--steps", type=_positive_int, default=1500,
-                   help="optimizer steps; the schedule spans them (default: 1500)")
-    p.add_argument("--batch-size", type=_positive_int, default=128,
-                   help="pairs per step, the negatives of InfoNCE (default: 128; under torchrun: in all)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/clip"), help="run folder, a loadable model (default: runs/clip)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the model or run already in --out")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on a GPU, fp32 on a CPU")
-    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (default: 2)")
+    _add_training_flags(p, "clip", steps=1500, batch_size=128, batch_help="pairs per step, the negatives of InfoNCE",
+                        precision_help="auto: bf16 autocast on a GPU, fp32 on a CPU (a CLIP step is no faster there)")
     p.set_defaults(func=run_train_clip, parser=p)
 
 
@@ -642,8 +633,9 @@ def run_train_clip(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .clip import CLIPConfig
     from .distributed import is_main
-    from .train import TrainingDiverged
-    from .train_clip import evaluate_clip, format_clip_report, train_clip
+    from .evaluate import evaluate_clip, format_clip_report
+    from .train_clip import train_clip
+    from .train_common import TrainingDiverged
 
     _check_out(args)
     _clear_for_overwrite(args)
@@ -651,8 +643,7 @@ def run_train_clip(args: argparse.Namespace) -> int:
         model = train_clip(CLIPConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(format_clip_report(evaluate_clip(model.cpu().float(), n=500, seed=0)))
@@ -687,7 +678,7 @@ def run_train_all(args: argparse.Namespace) -> int:
 
     from .checkpoints import CheckpointError
     from .folder_data import FolderDataError
-    from .train import TrainingDiverged
+    from .train_common import TrainingDiverged
     from .train_all import PLANS, train_all
 
     if args.data is not None and not args.data.is_dir():
@@ -699,8 +690,7 @@ def run_train_all(args: argparse.Namespace) -> int:
     except FolderDataError as err:  # read before anything is written
         args.parser.error(f"--data: {err}")
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     return 0
 
 
@@ -721,11 +711,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="a folder with tokenizer/, dvae/, transformer/ and optionally clip/ (default: data/)")
     p.add_argument("--out", type=Path, default=None, help="also write the report(s) to this JSON file (a new file)")
     p.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists")
-    p.add_argument("--temperature", type=_temperature, default=0.9, help="< 1 sharper, > 1 more varied (default: 0.9)")
+    p.add_argument("--temperature", type=_temperature, default=TEMPERATURE,
+                   help=f"< 1 sharper, > 1 more varied (default: {TEMPERATURE})")
     p.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=_probability, default=None, help="sample among the codes holding mass p")
-    p.add_argument("--cond-scale", type=_cond_scale, default=1.25,  # sampling.CONDITION_SCALE (kept literal: no torch import for --help)
-                   help="condition scale: 1 plain sampling, > 1 follows the prompt more (default: 1.25)")
+    p.add_argument("--cond-scale", type=_cond_scale, default=CONDITION_SCALE,
+                   help=f"condition scale: 1 plain sampling, > 1 follows the prompt more (default: {CONDITION_SCALE})")
     p.set_defaults(func=run_evaluate, parser=p)
 
 
@@ -786,6 +777,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from . import DATA_DIR, grader, shapes
     from .bpe import ByteLevelBPE
     from .checkpoints import CheckpointError, staged_folder
+    from .images import save_png
     from .pipeline import CREATE_COMMANDS
     from .viz import visible
 
@@ -811,7 +803,7 @@ def run_demo(args: argparse.Namespace) -> int:
             else:
                 name = f"{_slug(prompt)}.png"
                 image = shapes.render(scene)
-                _write_png(image, folder / name)
+                save_png(image, folder / name)
                 print(f"reference render -> {args.out / name}: {_grade_line(grader.grade(image, prompt))}")
                 entries = [{"prompt": prompt, "images": [name]}]
 
@@ -819,8 +811,8 @@ def run_demo(args: argparse.Namespace) -> int:
             if generate_too:
                 print("sampling 16 candidates, keeping the best 4 ...")
                 entries, lines = _generate_into(folder, argparse.Namespace(
-                    prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=0.9,
-                    top_k=None, top_p=None, cond_scale=1.25, models=DATA_DIR, no_clip=False))
+                    prompt=[prompt], candidates=16, keep=4, seed=args.seed, out=args.out, temperature=TEMPERATURE,
+                    top_k=None, top_p=None, cond_scale=CONDITION_SCALE, models=DATA_DIR, no_clip=False))
             else:
                 command = CREATE_COMMANDS["transformer"].format(dir=DATA_DIR / "transformer", dvae=DATA_DIR / "dvae")
                 print(f"generation needs the trained transformer ({DATA_DIR / 'transformer' / 'config.json'} is "

@@ -82,6 +82,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -89,7 +90,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import grader, shapes
+from . import DATA_DIR, checkpoints, get_device, grader, shapes
+from .images import to_float_images, to_uint8_images
 from .transformer import encode_captions
 
 # ---------------------------------------------------------------------------
@@ -357,7 +359,7 @@ class CLIP(nn.Module):
         c, s = self.config.channels, self.config.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"images must be (B, {c}, {s}, {s}) floats in [0, 1], got {tuple(images.shape)}; "
-                             "resize first, or convert uint8 (N, H, W, C) arrays with to_model_images")
+                             "resize first, or convert uint8 (N, H, W, C) arrays with to_float_images")
         return F.normalize(self.image_proj(self.image(images)), dim=-1)
 
     def similarity(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -378,23 +380,14 @@ class CLIP(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def to_model_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) (NumPy or torch) -> float (N, C, H, W) in [0, 1]; a float (N, C, H, W) tensor passes through."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if images.dtype == torch.uint8:
-        return images.permute(0, 3, 1, 2).float().div(255.0)  # (N, H, W, C) -> (N, C, H, W)
-    return images.float()
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.no_grad()
 def encode_images_batched(model: CLIP, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Any images ``to_model_images`` accepts -> unit vectors (N, E) on the model's device."""
-    x = to_model_images(images)
+    """Any images ``to_float_images`` accepts -> unit vectors (N, E) on the model's device."""
+    x = to_float_images(images)
     dev = _device(model)
     return torch.cat([model.encode_image(x[i:i + batch_size].to(dev)).float() for i in range(0, len(x), batch_size)])
 
@@ -515,6 +508,11 @@ def zero_shot_captions() -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def one_object_scenes(split: str, n: int, seed: int = 0) -> list[shapes.Scene]:
+    """``n`` one-object scenes of ``split`` (for zero-shot labels); a deterministic function of its arguments."""
+    return [shapes.sample_scene(shapes.scene_rng(split, seed, i), split, n_objects=1) for i in range(n)]
+
+
 def scene_attributes(scene: shapes.Scene) -> dict[str, str]:
     """What a one-object scene shows: its colour, shape, size word and position phrase."""
     if len(scene.objects) != 1:
@@ -582,6 +580,19 @@ def retrieval_at_1(model: CLIP, tokenizer, images: np.ndarray | torch.Tensor, ca
             hits += 1
         elif count_equivalent:
             if pixels is None:
-                pixels = (to_model_images(images).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                pixels = to_uint8_images(images)
             hits += bool(grader.grade(pixels[i], captions[j]).match)
     return hits / len(captions)
+
+
+# ---------------------------------------------------------------------------
+# a trained CLIP
+# ---------------------------------------------------------------------------
+
+MODEL_TYPE = "clip"
+
+
+def load(model_dir: str | Path | None = None, device: str | None = None) -> CLIP:
+    """The CLIP in ``model_dir`` (default: the shipped ``data/clip``), in eval mode."""
+    model_dir = model_dir if model_dir is not None else DATA_DIR / "clip"
+    return checkpoints.load_model(model_dir, CLIP, CLIPConfig, MODEL_TYPE, device=device or get_device())

@@ -241,7 +241,14 @@ def all_gather(t: torch.Tensor) -> torch.Tensor:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward: sum the gradients every rank computed for my rows, keep my rows."""
+    """all_gather forward; backward: sum the gradients every rank computed for my rows, keep my rows.
+
+    Written out rather than ``torch.distributed.nn.functional.all_gather``: that
+    function is deprecated in the PyTorch this course pins (it points to
+    ``_functional_collectives``, a private module), and it returns a tuple of
+    parts where the loss wants one tensor. Ten lines say exactly what the
+    backward does.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import DATA_DIR, checkpoints, get_device
+from .train_common import cosine
+from .train_common import lr_at as warmup_cosine
+
 # ---------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------
@@ -218,34 +222,19 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False, dim: in
     return y
 
 
-def cosine_schedule(step: int, total: int, start: float, end: float) -> float:
-    """Cosine from ``start`` at step 0 to ``end`` at step ``total``, then constant ``end``.
-
-    value = end + (start - end) · (1 + cos(π · min(step / total, 1))) / 2
-    Example: start=1, end=0, total=10: step 0 -> 1.0, step 5 -> 0.5, step 10 -> 0.0.
-    """
-    if total <= 0:
-        return end
-    t = min(max(step / total, 0.0), 1.0)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def tau_at(step: int, total_steps: int, config: DVAEConfig) -> float:
     """τ: cosine 1 -> 1/16 over the first ``tau_anneal_frac`` of training."""
-    return cosine_schedule(step, round(config.tau_anneal_frac * total_steps), config.tau_start, config.tau_end)
+    return cosine(step, round(config.tau_anneal_frac * total_steps), config.tau_start, config.tau_end)
 
 
 def kl_weight_at(step: int, total_steps: int, config: DVAEConfig) -> float:
     """β: cosine 0 -> 6.6 over the first ``kl_ramp_frac`` of training."""
-    return cosine_schedule(step, round(config.kl_ramp_frac * total_steps), 0.0, config.kl_weight)
+    return cosine(step, round(config.kl_ramp_frac * total_steps), 0.0, config.kl_weight)
 
 
 def lr_at(step: int, total_steps: int, config: DVAEConfig) -> float:
-    """Learning rate: linear warm-up, then cosine down to ``lr * lr_end_frac``."""
-    warmup = max(1, round(config.warmup_frac * total_steps))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    return cosine_schedule(step - warmup, total_steps - warmup, config.lr, config.lr * config.lr_end_frac)
+    """Learning rate: the course's linear warm-up, then cosine down to ``lr * lr_end_frac`` (``train_common.lr_at``)."""
+    return warmup_cosine(step, total_steps, config.lr, config.warmup_frac, config.lr_end_frac)
 
 
 def schedules(total_steps: int, config: DVAEConfig) -> dict[str, list[float]]:
@@ -580,3 +569,24 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Peak signal-to-noise ratio of images in [0, 1]: 10 · log10(1 / MSE), in dB."""
     mse = F.mse_loss(x.float(), y.float()).item()
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+# ---------------------------------------------------------------------------
+# a trained dVAE
+# ---------------------------------------------------------------------------
+
+MODEL_TYPE = "dvae"
+
+
+def load(model_dir=None, device: str | None = None) -> DVAE:
+    """The dVAE in ``model_dir`` (default: the shipped ``data/dvae``), in eval mode."""
+    model_dir = model_dir if model_dir is not None else DATA_DIR / "dvae"
+    return checkpoints.load_model(model_dir, DVAE, DVAEConfig, MODEL_TYPE, device=device or get_device())
+
+
+@torch.no_grad()
+def reconstruct_batched(model: DVAE, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Argmax round trip of (N, C, H, W) images in [0, 1], in batches; returns float (N, C, H, W) on the CPU."""
+    device = next(model.parameters()).device
+    out = [model.reconstruct(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

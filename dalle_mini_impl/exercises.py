@@ -373,7 +373,7 @@ def check_generate(fn: Callable, models) -> bool:
     for prompt, candidates, keep, seed in cases:
         got = _attempt(fn, prompt, models, candidates, keep, seed)
         if got is None:
-            return _report("generate", None, "encode_captions -> repeat N times -> train_transformer.sample_images "
+            return _report("generate", None, "encode_captions -> repeat N times -> sampling.sample_images "
                            "(generator=torch.Generator(device).manual_seed(seed), condition_scale=3.0) -> "
                            "clip.rerank -> the first K")
         images, scores = got

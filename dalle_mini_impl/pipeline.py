@@ -38,20 +38,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .sampling import CONDITION_SCALE, TEMPERATURE
 from . import DATA_DIR, checkpoints, get_device
+from .bpe import load_tokenizer, tokenizer_hash
 from .dvae import DVAE
-from .train import load_dvae
-from .train_transformer import (
-    compatibility_problems,
-    load_tokenizer,
-    load_transformer,
-    sample_images,
-    tokenizer_hash,
-    training_info,
-    weights_hash,
-)
-from .transformer import DalleTransformer, encode_captions
+from .dvae import load as load_dvae
+from .sampling import CONDITION_SCALE, TEMPERATURE, sample_images
+from .transformer import DalleTransformer, compatibility_problems, encode_captions
+from .transformer import load as load_transformer
 
 
 @dataclass
@@ -163,22 +156,6 @@ def generate(
     return results
 
 
-def contact_sheet(images: np.ndarray, columns: int | None = None, gap: int = 2, fill: int = 160) -> np.ndarray:
-    """Images uint8 (K, H, W, C) -> one uint8 picture of them in a grid, ``gap`` grey pixels apart.
-
-    ``columns`` defaults to all K in one row. Example: 4 images of 64×64 ->
-    a (64, 4·64 + 3·2, 3) = (64, 262, 3) strip.
-    """
-    K, H, W, C = images.shape
-    columns = min(columns or K, K)
-    rows = -(-K // columns)  # ceil(K / columns)
-    sheet = np.full((rows * H + (rows - 1) * gap, columns * W + (columns - 1) * gap, C), fill, dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, columns)
-        sheet[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = image
-    return sheet
-
-
 # ---------------------------------------------------------------------------
 # loading the models
 # ---------------------------------------------------------------------------
@@ -202,8 +179,8 @@ def _load(kind: str, load, path: Path, **hint) -> object:
 
 
 def load_clip(model_dir: str | Path, device: str | None = None) -> torch.nn.Module:
-    """The CLIP model in ``model_dir``, in eval mode (lesson 4's loader, imported only when it is needed)."""
-    from .train_clip import load_clip as load
+    """The CLIP model in ``model_dir``, in eval mode (lesson 4's module, imported only when it is needed)."""
+    from .clip import load
 
     return load(model_dir, device=device)
 
@@ -230,8 +207,8 @@ def load_models(models_dir: str | Path | None = None, device: str | None = None,
             f"{dirs['transformer']}: does not fit the other models: " + "; ".join(problems)
             + f". Retrain it with: {CREATE_COMMANDS['transformer'].format(dir=dirs['transformer'], dvae=dirs['dvae'])}"
         )
-    trained_on = training_info(dirs["transformer"]).get("dvae_sha256")
-    if trained_on and trained_on != weights_hash(dvae):
+    trained_on = checkpoints.training_info(dirs["transformer"]).get("dvae_sha256")
+    if trained_on and trained_on != checkpoints.weights_hash(dvae):
         warnings.warn(f"{dirs['transformer']} was trained on the codes of another dVAE than {dirs['dvae']}; "
                       "its images will not look right. Retrain the transformer on this dVAE.", stacklevel=2)
     clip_model = None
@@ -243,7 +220,7 @@ def load_models(models_dir: str | Path | None = None, device: str | None = None,
                 f"{dirs['clip']}: CLIP reads {clip_vocab} text ids but the tokenizer has {tokenizer.vocab_size}. "
                 f"Retrain it with: {CREATE_COMMANDS['clip'].format(dir=dirs['clip'])}"
             )
-        clip_tokenizer = training_info(dirs["clip"]).get("tokenizer_sha256")  # (the shipped CLIP records none)
+        clip_tokenizer = checkpoints.training_info(dirs["clip"]).get("tokenizer_sha256")  # (the shipped CLIP records none)
         if clip_tokenizer and clip_tokenizer != tokenizer_hash(tokenizer):  # same size, other tokens: silent nonsense
             raise checkpoints.CheckpointError(
                 f"{dirs['clip']}: this CLIP was trained with another tokenizer than {dirs['tokenizer'] / 'bpe.json'} "

@@ -31,21 +31,23 @@ sampling the caption itself (the text is always given).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defaults import CONDITION_SCALE, TEMPERATURE  # noqa: F401  (the sampling defaults, read from here)
+from .images import to_uint8_images
 from .transformer import DalleTransformer, empty_text
+
+if TYPE_CHECKING:
+    from .dvae import DVAE
 
 # ---------------------------------------------------------------------------
 # the pieces of one step
 # ---------------------------------------------------------------------------
 
-
-# The defaults of every sampling entry point (generate, evaluate, the CLI, the playgrounds), chosen for the
-# shipped transformer on the val split (data/transformer/README.md): a larger scale over-pushes it.
-CONDITION_SCALE = 1.25
-TEMPERATURE = 0.9
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row, set the others to -∞. (B, V) -> (B, V).
@@ -207,3 +209,37 @@ def cached_image_logits(model: DalleTransformer, text: torch.Tensor, codes: torc
         rows.append(model.image_head(h[:, -1]))  # (B, Vi)
     model.train(was_training)
     return torch.stack(rows, dim=1)  # (B, N, Vi)
+
+
+# ---------------------------------------------------------------------------
+# codes -> pictures
+# ---------------------------------------------------------------------------
+
+
+def codes_to_images(dvae: DVAE, codes: torch.Tensor) -> np.ndarray:
+    """Code grids (B, h, w) -> uint8 images (B, H, W, C), decoded by the dVAE."""
+    device = next(dvae.parameters()).device
+    x = dvae.decode(codes.to(device).long()).float()  # (B, C, H, W) in [0, 1]
+    return to_uint8_images(x)  # (B, H, W, C)
+
+
+def sample_images(
+    model: DalleTransformer,
+    dvae: DVAE,
+    text: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    condition_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Captions (B, Lt) -> (uint8 images (B, H, W, C), codes (B, G, G)): ``sampling.sample`` then the dVAE decoder."""
+    codes = sample(model, text, temperature=temperature, top_k=top_k, top_p=top_p,
+                   condition_scale=condition_scale, generator=generator)  # (B, G, G)
+    return codes_to_images(dvae, codes), codes
+
+
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A torch generator on ``device`` seeded with ``seed``: its own random stream, apart from the global one."""
+    return torch.Generator(device=device).manual_seed(seed)

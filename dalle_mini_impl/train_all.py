@@ -6,7 +6,7 @@ models in order, each by the lesson's own function, and writes::
     RUN_DIR/
         run.json       the data, the plan and the seed it was started with; seconds spent per stage
         tokenizer/     bpe.json, tokenizer.json                  (lesson 1: byte-level BPE)
-        dvae/          config.json, model.safetensors, ...       (lesson 2: train.train_dvae)
+        dvae/          config.json, model.safetensors, ...       (lesson 2: train_dvae.train_dvae)
         transformer/   config.json, model.safetensors, ...       (lesson 3: train_transformer.train_transformer,
                                                                    on dVAE codes encoded once and cached)
         clip/          config.json, model.safetensors, ...       (lesson 4: train_clip.train_clip)
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoints, distributed, shapes
+from .defaults import SPECIAL_TOKENS
 from .folder_data import FolderDataset
 
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>"]  # the course tokenizer's specials (as in ``cli.SPECIAL_TOKENS``)
 STAGES = ("tokenizer", "dvae", "transformer", "clip")  # in the order they train: each needs the ones before
 RUN_INFO = "run.json"
 
@@ -243,7 +243,7 @@ def train_tokenizer_stage(run: Run) -> None:
 
 def train_dvae_stage(run: Run, until: int | None = None):
     """The dVAE of lesson 2 on Shapes images (or yours)."""
-    from .train import train_dvae
+    from .train_dvae import train_dvae
 
     plan, data = run.plan, run.data
     return train_dvae(dvae_config(plan), steps=plan.dvae_steps, batch_size=plan.dvae_batch_size, seed=plan.seed,
@@ -255,16 +255,20 @@ def train_dvae_stage(run: Run, until: int | None = None):
 
 def train_transformer_stage(run: Run, until: int | None = None):
     """The transformer of lesson 3 on the dVAE's codes of Shapes images (or yours), encoded once."""
-    from .train import load_dvae
-    from .train_transformer import config_for, load_tokenizer, train_transformer
+    from .bpe import load_tokenizer
+    from .dvae import load as load_dvae
+    from .train_transformer import train_transformer
+    from .transformer import config_for
 
     plan = run.plan
     config = config_for(load_tokenizer(run.tokenizer_path), load_dvae(run.dir("dvae"), device="cpu"), plan.preset,
                         **plan.transformer_config)
     return train_transformer(config, dvae_dir=run.dir("dvae"), steps=plan.transformer_steps,
                              batch_size=plan.transformer_batch_size, seed=plan.seed, out_dir=run.dir("transformer"),
-                             resume=True, until=until, n_images=plan.transformer_images, lr=plan.transformer_lr,
-                             eval_prompts=plan.eval_prompts, tokenizer_path=run.tokenizer_path,
+                             resume=True, until=until, lr=plan.transformer_lr, tokenizer_path=run.tokenizer_path,
+                             # Shapes: n_images scenes, graded as it trains; your images: all of them, ungraded
+                             n_images=None if run.data else plan.transformer_images,
+                             eval_prompts=None if run.data else plan.eval_prompts,
                              cache_dir=run.cache_dir, data=run.data, **_every(run, "sample_every"),
                              **run.loop_options())
 
@@ -273,7 +277,7 @@ def train_clip_stage(run: Run, until: int | None = None):
     """The CLIP of lesson 4 on fresh Shapes pairs (or your images and captions)."""
     from .clip import CLIPConfig
     from .train_clip import train_clip
-    from .train_transformer import load_tokenizer
+    from .bpe import load_tokenizer
     from .transformer import TransformerConfig
 
     plan, data = run.plan, run.data

@@ -3,7 +3,7 @@
 Scope. ``train_clip`` is one visible loop — draw a batch of fresh Shapes
 scenes, render them, tokenize their captions, set the learning rate, forward,
 backward, step — with what a long run on a laptop needs, as in
-``train.train_dvae``:
+``train_dvae.train_dvae``:
 
 * fresh data every step, never repeated: batch k holds training scenes
   k·B … k·B + B - 1 of the seeded split (``shapes.scene_rng``), so the data is
@@ -40,8 +40,6 @@ Does not handle: gradient accumulation, or a data loader in worker processes
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,18 +47,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import DATA_DIR, checkpoints, distributed, get_device, seed_everything, shapes
-from .bpe import ByteLevelBPE
-from .clip import (ATTRIBUTES, CLIP, CLIPConfig, attribute_values, contrastive_loss, retrieval_at_1, same_caption,
-                   scene_attributes, zero_shot_probs)
+from . import checkpoints, distributed, shapes, train_common
+from .bpe import ByteLevelBPE, load_tokenizer, tokenizer_hash
+from .clip import MODEL_TYPE, CLIP, CLIPConfig, contrastive_loss, one_object_scenes, same_caption
+from .evaluate import zero_shot_accuracy
 from .folder_data import FolderDataset, pick_caption_rows
-from .train import TrainingDiverged, _progress, _saved_step, resolve_precision, setup_cpu
-from .train_transformer import tokenizer_hash
+from .images import to_float_images
 from .transformer import encode_captions
 
-MODEL_TYPE = "clip"
 METRICS_NAME = "metrics.jsonl"
-TRAINING_INFO = "training.json"  # how the model was trained, with the hash of its tokenizer (read by load_models)
 
 
 # ---------------------------------------------------------------------------
@@ -77,35 +72,17 @@ def training_batch(step: int, batch_size: int, seed: int) -> list[shapes.Scene]:
     return [shapes.sample_scene(shapes.scene_rng("train", seed, i), "train") for i in range(start, start + batch_size)]
 
 
-def one_object_scenes(split: str, n: int, seed: int = 0) -> list[shapes.Scene]:
-    """``n`` one-object scenes of ``split`` (for zero-shot labels); a deterministic function of its arguments."""
-    return [shapes.sample_scene(shapes.scene_rng(split, seed, i), split, n_objects=1) for i in range(n)]
-
-
 def lr_at(step: int, total_steps: int, config: CLIPConfig) -> float:
-    """Linear warm-up to ``config.lr``, then a cosine down to ``lr * lr_end_frac`` at the last step.
-
-    lr(t) = lr_end + (lr - lr_end) · (1 + cos(π · (t - warmup) / (total - warmup))) / 2   after the warm-up
-    """
-    warmup = max(1, round(config.warmup_frac * total_steps))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    end = config.lr * config.lr_end_frac
-    t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-    return end + (config.lr - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    """Linear warm-up to ``config.lr``, then a cosine down to ``lr * lr_end_frac`` (``train_common.lr_at``)."""
+    return train_common.lr_at(step, total_steps, config.lr, config.warmup_frac, config.lr_end_frac)
 
 
 def make_optimizer(model: CLIP, config: CLIPConfig) -> torch.optim.AdamW:
-    """AdamW with CLIP's β₂ = 0.98 and ε = 1e-6; weight decay on matrices and embeddings (dim >= 2) only,
-    none on biases, norms, [CLS] and the temperature."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW with CLIP's β₂ = 0.98 and ε = 1e-6; weight decay on every tensor of dim >= 2
+    (``train_common.decay_groups``): matrices, embeddings, and also the position embeddings and the
+    [CLS] vector (shape (1, 1, d)); none on biases, norm gains and the temperature."""
+    groups = train_common.decay_groups(model, config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def _load_tokenizer(tokenizer) -> ByteLevelBPE:
-    return tokenizer if tokenizer is not None else ByteLevelBPE.load(DATA_DIR / "tokenizer" / "bpe.json")
 
 
 class PairEncoder(torch.nn.Module):
@@ -159,40 +136,27 @@ def train_clip(
     split over the processes. Returns the model in eval mode.
     """
     config = config or CLIPConfig()
-    tokenizer = _load_tokenizer(tokenizer)
+    tokenizer = tokenizer or load_tokenizer()
     if tokenizer.vocab_size > config.text_vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but config.text_vocab_size is "
                          f"{config.text_vocab_size}; raise text_vocab_size to at least {tokenizer.vocab_size}")
-    device = distributed.setup(device)  # joins the other processes when launched by torchrun
-    main = distributed.is_main()  # rank 0 (the only process outside torchrun) saves and reports
-    log = log if main else (lambda _: None)
-    distributed.per_rank_batch(batch_size)  # fails early when the processes cannot share the batch
     if data is not None and data.image_size != config.image_size:
         raise ValueError(f"the images of {data.root} are {data.image_size}×{data.image_size} but the model reads "
                          f"{config.image_size}×{config.image_size}; load them with image_size={config.image_size}")
-    if precision == "auto":
-        precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
-    precision = resolve_precision(precision, device)
-    out_dir = Path(out_dir)
-    state_path = out_dir / checkpoints.STATE_NAME
-    if device == "cpu":
-        setup_cpu(threads)
-    seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
+    # auto precision: bf16 on a GPU; fp32 on every CPU (a CLIP step measured no faster in bf16 there)
+    run = train_common.setup(out_dir, batch_size, seed, device, precision, threads, log, progress, cpu_bf16=False)
+    device, out_dir, log = run.device, run.out_dir, run.log
 
     model = CLIP(config).to(device)
     optimizer = make_optimizer(model, config)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed}
     if data is not None:
         run_info["data_sha256"] = data.fingerprint
-    step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
-    run_info["precision"] = precision
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.trim_log(out_dir / METRICS_NAME, step)  # a torn last row (a kill while writing) is dropped
-
-    pairs = distributed.wrap(PairEncoder(model))  # DDP around it under torchrun, the module itself otherwise
-    forward = torch.compile(pairs) if device.startswith("cuda") else pairs
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    step = checkpoints.start_or_resume(run.state_path, model, optimizer, config, run_info, resume, log)
+    run_info["precision"] = run.precision
+    metrics = train_common.MetricsLog(out_dir / METRICS_NAME, step, enabled=run.main)
+    # DDP around the pair encoder under torchrun, the module itself otherwise
+    forward = run.compile(distributed.wrap(PairEncoder(model)))
     zero_shot = eval_every and data is None  # zero-shot labels exist for Shapes only
     eval_scenes = one_object_scenes("val", eval_n, seed) if zero_shot else []
     eval_images = shapes.render_batch(eval_scenes) if zero_shot else None
@@ -203,19 +167,17 @@ def train_clip(
     trained_with = {"tokenizer_sha256": tokenizer_hash(tokenizer)}  # load_models checks it against its tokenizer
 
     def save(at_step: int) -> None:
-        checkpoints.save_training_state(state_path, model, optimizer, at_step, config, extra=run_info)
+        checkpoints.save_training_state(run.state_path, model, optimizer, at_step, config, extra=run_info)
         checkpoints.save_model(model, config, out_dir, MODEL_TYPE)
-        info = {**run_info, **trained_with, "step": at_step}
-        checkpoints._write_text(out_dir / TRAINING_INFO, json.dumps(info, indent=2) + "\n")
+        checkpoints.write_training_info(out_dir, {**run_info, **trained_with, "step": at_step})
 
     def evaluate(at_step: int, mean_loss: float) -> None:
         model.eval()
-        acc = _zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes) if zero_shot else {}
+        acc = zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes) if zero_shot else {}
         model.train()
         row = {"step": at_step, "loss": round(mean_loss, 4), "scale": round(model.logit_scale.item(), 2),
                **{k: round(v, 4) for k, v in acc.items()}}
-        with open(out_dir / METRICS_NAME, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        metrics.append(row)
         log(f"step {at_step}: loss {mean_loss:.3f} | scale {row['scale']:.1f}"
             + (f" | zero-shot on {eval_n} val images: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
                if acc else ""))
@@ -230,101 +192,41 @@ def train_clip(
         return data.images[distributed.shard(idx).numpy()], caption_ids[pick_caption_rows(idx, first, count)]
 
     last = min(until, steps) if until is not None else steps
-    bar = _progress(range(step, last), initial=step, total=steps, enabled=progress and main, desc="CLIP")
+    bar = run.progress(range(step, last), step, steps, desc="CLIP")
     t0, losses = time.time(), []
     model.train()
     for step in bar:
         # 1. the learning rate: warm-up, then cosine
         lr = lr_at(step, steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        train_common.set_lr(optimizer, lr)
         # 2. a fresh batch: pixels and token ids; identical captions are positives of each other
         pixels, ids = batch(step)
-        images = torch.from_numpy(pixels).to(device)  # (b, H, W, C) uint8: this rank's shard (b = B in one process)
-        images = images.permute(0, 3, 1, 2).float().div(255.0)  # (b, C, H, W) in [0, 1]
+        images = to_float_images(pixels).to(device)  # (b, C, H, W) in [0, 1]: this rank's shard (b = B in one process)
         ids = ids.to(device)  # (B, T): the whole global batch
         positives = same_caption(ids)  # (B, B)
         # 3. forward, check, backward, step; under torchrun each rank encodes its shard, then gathers
         #    every rank's vectors, so that each image is contrasted with all B captions
-        with autocast:
+        with run.autocast:
             v, t, scale = forward(images, distributed.shard(ids))  # (b, E), (b, E), ()
             v, t = distributed.gather_with_grad(v), distributed.gather_with_grad(t)  # (B, E) each
             loss = contrastive_loss(v, t, scale, positives)
-        if not distributed.all_finite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {step}; stopped before updating the weights. "
-                f"The last good checkpoint is {state_path} (step {_saved_step(state_path)}); "
-                "lower the learning rate or use precision='fp32', then resume."
-            )
+        train_common.check_finite(loss, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # 4. report, checkpoint, evaluate
         done = step + 1
         losses.append(loss.item())
-        if progress and main:
+        if run.show_progress:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{model.logit_scale.item():.1f}", lr=f"{lr:.1e}", refresh=False)
-        if main and (done % checkpoint_every == 0 or done == last):
+        if run.main and (done % checkpoint_every == 0 or done == last):
             save(done)
         if eval_every and (done % eval_every == 0 or done == steps):
-            if main:
+            if run.main:
                 evaluate(done, float(np.mean(losses)))
             losses = []
-    if main and last > 0 and not state_path.exists():
+    if run.main and last > 0 and not run.state_path.exists():
         save(last)
     distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
-
-
-def _zero_shot_accuracy(model: CLIP, tokenizer, images: np.ndarray, scenes: list[shapes.Scene]) -> dict[str, float]:
-    """Zero-shot accuracy per attribute of one-object ``images`` whose scenes are ``scenes``."""
-    probs = zero_shot_probs(model, tokenizer, images)  # attribute -> (N, n_values)
-    labels = [scene_attributes(s) for s in scenes]
-    acc = {}
-    for attribute in ATTRIBUTES:
-        values = attribute_values(attribute)
-        target = torch.tensor([values.index(lab[attribute]) for lab in labels])
-        acc[attribute] = (probs[attribute].argmax(-1) == target).float().mean().item()
-    return acc
-
-
-# ---------------------------------------------------------------------------
-# loading and measuring a trained CLIP
-# ---------------------------------------------------------------------------
-
-
-def load_clip(model_dir: str | Path | None = None, device: str | None = None) -> CLIP:
-    """The CLIP in ``model_dir`` (default: the shipped ``data/clip``), in eval mode."""
-    model_dir = Path(model_dir) if model_dir is not None else DATA_DIR / "clip"
-    return checkpoints.load_model(model_dir, CLIP, CLIPConfig, MODEL_TYPE, device=device or get_device())
-
-
-@torch.no_grad()
-def evaluate_clip(model: CLIP, tokenizer: ByteLevelBPE | None = None, n: int = 500, seed: int = 0) -> dict:
-    """Zero-shot accuracy per attribute on held-out images, and text -> image R@1 on 100 scenes.
-
-    Returns ``{"zero_shot": {"test": {attribute: acc}, "compositional": {attribute: acc}},
-    "retrieval_at_1": r, "n": n}``: ``n`` one-object images per split (``test``
-    = colour–shape pairs seen in training, ``compositional`` = the five
-    held-out pairs), and R@1 over the first 100 ``test`` scenes (one or two
-    objects, a grader-equivalent image counting as a hit).
-    """
-    tokenizer = _load_tokenizer(tokenizer)
-    model.eval()
-    zero_shot = {}
-    for split in ("test", "compositional"):
-        scenes = one_object_scenes(split, n, seed)
-        zero_shot[split] = _zero_shot_accuracy(model, tokenizer, shapes.render_batch(scenes), scenes)
-    scenes = shapes.make_scenes("test", 100, seed)
-    r1 = retrieval_at_1(model, tokenizer, shapes.render_batch(scenes), [s.caption for s in scenes])
-    return {"zero_shot": zero_shot, "retrieval_at_1": r1, "n": n}
-
-
-def format_clip_report(report: dict) -> str:
-    """One readable block of ``evaluate_clip`` figures."""
-    lines = [f"zero-shot accuracy on {report['n']} one-object images per split:"]
-    for split, acc in report["zero_shot"].items():
-        lines.append(f"  {split:<13} " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
-    lines.append(f"text -> image R@1 on 100 test scenes: {report['retrieval_at_1']:.1%}")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Training the transformer of lesson 3, written out in full, and measuring what it draws.
 
 Scope. ``train_transformer`` is one visible loop in the style of
-``train.train_dvae`` — sample a batch of (caption, codes) pairs, drop some
+``train_dvae.train_dvae`` — sample a batch of (caption, codes) pairs, drop some
 captions, forward, backward, step — over data prepared once:
 
 * ``cache_codes`` renders the Shapes training images and encodes each one to
@@ -49,36 +49,28 @@ gumbel noise (the codes are the dVAE's argmax, as in the paper).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
 from pathlib import Path
 from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .sampling import CONDITION_SCALE, TEMPERATURE
-from . import CACHE_DIR, DATA_DIR, checkpoints, distributed, get_device, grader, seed_everything, shapes
-from .dvae import DVAE, cosine_schedule
+from . import CACHE_DIR, checkpoints, distributed, get_device, shapes, train_common
+from .bpe import load_tokenizer
+from .dvae import DVAE
+from .dvae import load as load_dvae
+from .evaluate import evaluate_samples
 from .folder_data import FolderDataset, pick_caption_rows
-from .sampling import sample
-from .train import (
-    TrainingDiverged,
-    _saved_step,
-    image_grid,
-    load_dvae,
-    resolve_precision,
-    save_png,
-    setup_cpu,
-    to_float_images,
-    to_uint8_images,
-)
-from .transformer import DalleTransformer, TransformerConfig, drop_captions, encode_captions
+from .images import image_grid, save_png, to_float_images
+from .sampling import CONDITION_SCALE, sample_images, seeded_generator
+from .transformer import (MODEL_TYPE, DalleTransformer, TransformerConfig, compatibility_problems, config_for,
+                          drop_captions, encode_captions)
 
-MODEL_TYPE = "transformer"
-TRAINING_INFO = "training.json"  # how a model folder was trained: which dVAE, steps, seed (read by load_models)
+EVALS_NAME = "evals.jsonl"  # the graded match rate at every sample PNG, one JSON row per evaluation
 
 # The prompts drawn into the sample PNGs during training: three use (colour, shape)
 # pairs seen in training, the last one a held-out pair (the "compositional" split).
@@ -88,68 +80,6 @@ SAMPLE_PROMPTS = (
     "a green cross to the left of a yellow diamond",
     "an orange diamond in the center",
 )
-
-
-# ---------------------------------------------------------------------------
-# the tokenizer and the dVAE, seen from here
-# ---------------------------------------------------------------------------
-
-
-def load_tokenizer(path: str | Path | None = None):
-    """The course tokenizer (default: the shipped ``data/tokenizer/bpe.json``)."""
-    from .bpe import ByteLevelBPE
-
-    path = Path(path) if path is not None else DATA_DIR / "tokenizer" / "bpe.json"
-    if not path.is_file():
-        raise checkpoints.CheckpointError(
-            f"{path}: file not found; expected the course tokenizer. Create it with: dalle-mini-impl train-tokenizer"
-        )
-    return ByteLevelBPE.load(path)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's parameter names and bytes: two models with equal weights share it."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def tokenizer_hash(tokenizer) -> str:
-    """SHA-256 of a tokenizer's vocabulary, merges and special tokens: two tokenizers that split alike share it.
-
-    A CLIP records it (``training.json``): with another tokenizer of the same
-    size it would read every id as another token and rank images at random.
-    """
-    return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def compatibility_problems(config: TransformerConfig, tokenizer, dvae: DVAE) -> list[str]:
-    """What stops a transformer with ``config`` from working with this tokenizer and dVAE ([] when nothing).
-
-    Example: a config for a 512-code dVAE next to a 1024-code one ->
-    ["the transformer predicts 512 image codes but the dVAE has 1024"].
-    """
-    problems = []
-    if config.text_vocab_size != tokenizer.vocab_size:
-        problems.append(f"the transformer reads {config.text_vocab_size} text ids but the tokenizer has "
-                        f"{tokenizer.vocab_size}")
-    if config.image_vocab_size != dvae.config.vocab_size:
-        problems.append(f"the transformer predicts {config.image_vocab_size} image codes but the dVAE has "
-                        f"{dvae.config.vocab_size}")
-    if config.grid != dvae.config.grid_size:
-        problems.append(f"the transformer draws a {config.grid}×{config.grid} grid but the dVAE encodes to "
-                        f"{dvae.config.grid_size}×{dvae.config.grid_size}")
-    return problems
-
-
-def config_for(tokenizer, dvae: DVAE, preset: str = "cpu", **overrides) -> TransformerConfig:
-    """``TransformerConfig.preset(preset)`` with the vocabularies and grid read off the tokenizer and the dVAE."""
-    sizes = dict(text_vocab_size=tokenizer.vocab_size, image_vocab_size=dvae.config.vocab_size,
-                 grid=dvae.config.grid_size)
-    return TransformerConfig.preset(preset, **{**sizes, **overrides})
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +106,7 @@ def cache_codes(
     calls with the same dVAE weights read that file. A corrupt cache file is
     recomputed, with a warning.
     """
-    digest = weights_hash(dvae)
+    digest = checkpoints.weights_hash(dvae)
     path = Path(cache_dir) / f"codes_{split}_n{n}_seed{seed}_{digest[:16]}.safetensors"
     cached = _read_code_cache(path, with_captions=True)
     if cached is not None:
@@ -204,7 +134,7 @@ def cache_folder_codes(
     (pixels and captions) and the dVAE's weights hash:
     ``cache_dir/codes_folder_<data hash>_<dVAE hash>.safetensors``.
     """
-    digest = weights_hash(dvae)
+    digest = checkpoints.weights_hash(dvae)
     path = Path(cache_dir) / f"codes_folder_{data.fingerprint[:16]}_{digest[:16]}.safetensors"
     cached = _read_code_cache(path, with_captions=False)
     if cached is not None:
@@ -257,128 +187,43 @@ def _write_code_cache(path: Path, codes: torch.Tensor, metadata: dict[str, str])
 # ---------------------------------------------------------------------------
 
 
-def codes_to_images(dvae: DVAE, codes: torch.Tensor) -> np.ndarray:
-    """Code grids (B, h, w) -> uint8 images (B, H, W, C), decoded by the dVAE."""
-    device = next(dvae.parameters()).device
-    x = dvae.decode(codes.to(device).long()).float()  # (B, C, H, W) in [0, 1]
-    return to_uint8_images(x)  # (B, H, W, C)
-
-
-def sample_images(
-    model: DalleTransformer,
-    dvae: DVAE,
-    text: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    condition_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Captions (B, Lt) -> (uint8 images (B, H, W, C), codes (B, G, G)): ``sampling.sample`` then the dVAE decoder."""
-    codes = sample(model, text, temperature=temperature, top_k=top_k, top_p=top_p,
-                   condition_scale=condition_scale, generator=generator)  # (B, G, G)
-    return codes_to_images(dvae, codes), codes
-
-
-def _generator(seed: int, device: torch.device | str) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate_samples(
-    model: DalleTransformer,
-    dvae: DVAE,
-    tokenizer,
-    split: str = "test",
-    n_prompts: int = 100,
-    seed: int = 0,
-    condition_scale: float = CONDITION_SCALE,
-    temperature: float = TEMPERATURE,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    batch_size: int = 50,
-    progress: bool = False,
-) -> dict:
-    """Draw one image for each of ``n_prompts`` captions of ``split`` and grade it with ``grader.grade``.
-
-    The captions are those of ``shapes.make_scenes(split, n_prompts, seed)``,
-    and ``seed`` also seeds the sampler, so a report is repeatable. Returns
-    ``{"match": overall rate, "by_objects": {1: rate, 2: rate},
-    "by_attribute": {check: rate among captions that state it}, "n": ...,
-    "split": ..., "condition_scale": ...}``. A rate is None when no caption
-    counts towards it.
-    """
-    from tqdm.auto import tqdm
-
-    device = model.image_head.weight.device
-    scenes = shapes.make_scenes(split, n_prompts, seed)
-    text = encode_captions(tokenizer, [s.caption for s in scenes], model.config.text_len)  # (n, Lt)
-    generator = _generator(seed, device)
-    rows = []  # (number of objects, Grade)
-    for i in tqdm(range(0, n_prompts, batch_size), desc=f"grading samples ({split})", disable=not progress):
-        images, _ = sample_images(model, dvae, text[i:i + batch_size], temperature=temperature, top_k=top_k,
-                                  top_p=top_p, condition_scale=condition_scale, generator=generator)
-        for scene, image in zip(scenes[i:i + batch_size], images):
-            rows.append((len(scene.objects), grader.grade(image, scene.caption)))
-
-    def rate(values: list[bool]) -> float | None:
-        return sum(values) / len(values) if values else None
-
-    return {
-        "match": rate([g.match for _, g in rows]),
-        "by_objects": {k: rate([g.match for n, g in rows if n == k]) for k in (1, 2)},
-        "by_attribute": {c: rate([g.checks[c] for _, g in rows if g.checks[c] is not None]) for c in grader.CHECKS},
-        "n": len(rows),
-        "split": split,
-        "condition_scale": condition_scale,
-    }
-
-
-def format_sample_report(report: dict) -> str:
-    """One readable line of ``evaluate_samples`` figures."""
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1%}"
-
-    objects = ", ".join(f"{k} object{'s' if k > 1 else ''} {pct(v)}" for k, v in report["by_objects"].items())
-    attributes = ", ".join(f"{k} {pct(v)}" for k, v in report["by_attribute"].items())
-    return (f"graded match of samples: {pct(report['match'])} of {report['n']} {report['split']} captions "
-            f"(condition scale {report['condition_scale']}; {objects})\nper attribute: {attributes}")
-
-
-# ---------------------------------------------------------------------------
-# the learning-rate schedule
-# ---------------------------------------------------------------------------
-
-
-def lr_schedule(step: int, steps: int, peak: float, warmup_frac: float = 0.05, end_frac: float = 0.1) -> float:
-    """Linear warm-up over ``warmup_frac`` of the steps, then a cosine from ``peak`` down to ``peak · end_frac``.
-
-    lr(s) = peak · (s + 1) / W                                   for s < W
-    lr(s) = end + (peak - end) · (1 + cos(π (s - W) / (S - W))) / 2   after
-    Example (peak 1e-3, S = 100, W = 5): step 0 -> 2e-4, step 4 -> 1e-3, step 100 -> 1e-4.
-    """
-    warmup = max(1, round(warmup_frac * steps))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return cosine_schedule(step - warmup, steps - warmup, peak, peak * end_frac)
-
-
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only (not on biases and LayerNorm gains), as in GPT-2.
+    """AdamW, β = (0.9, 0.95), with weight decay on matrices and embeddings only (``train_common.decay_groups``).
 
     The fused implementation (one kernel for the whole update) when this
     PyTorch has it for the model's device: on a busy 2-core CPU it measured
     0.65 s per update against 2.4 s for the default one, a quarter of a step.
     """
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = train_common.decay_groups(model, weight_decay)
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
     except (RuntimeError, TypeError, ValueError):  # an older PyTorch, or a device without the fused kernel
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+@dataclass
+class Pairs:
+    """Every training pair, ready to draw batches from: image i's captions are rows first[i] … first[i] + count[i] - 1."""
+
+    text_ids: torch.Tensor  # (captions, Lt)
+    codes: torch.Tensor  # (images, G·G), uint8 / int16 until a batch is drawn
+    first: torch.Tensor  # (images,)
+    count: torch.Tensor  # (images,)
+    prompts: list[str]  # what the sample PNGs draw
+
+
+def training_pairs(dvae: DVAE, tokenizer, config: TransformerConfig, data: FolderDataset | None, n_images: int,
+                   seed: int, cache_dir: str | Path, progress: bool) -> Pairs:
+    """(caption ids, codes) of ``n_images`` Shapes training scenes from ``seed``, or of every image of ``data``."""
+    if data is None:  # Shapes: one caption per image
+        captions, codes = cache_codes(dvae, "train", n_images, seed, cache_dir, progress=progress)
+        first, count = torch.arange(len(captions)), torch.ones(len(captions), dtype=torch.long)
+        prompts = list(SAMPLE_PROMPTS)
+    else:  # your images, each with one or more captions
+        codes = cache_folder_codes(dvae, data, cache_dir, progress=progress)
+        captions, first, count = data.caption_table()
+        prompts = [c[0] for c in data.captions[:len(SAMPLE_PROMPTS)]]
+    return Pairs(encode_captions(tokenizer, captions, config.text_len), codes.flatten(1), first, count, prompts)
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +239,7 @@ def train_transformer(
     seed: int = 0,
     out_dir: str | Path = "runs/transformer",
     resume: bool = False,
-    n_images: int = 60_000,
+    n_images: int | None = None,
     until: int | None = None,
     lr: float = 1e-3,
     warmup_frac: float = 0.05,
@@ -403,7 +248,7 @@ def train_transformer(
     grad_clip: float = 1.0,
     checkpoint_every: int = 200,
     sample_every: int = 500,
-    eval_prompts: int = 32,
+    eval_prompts: int | None = None,
     eval_condition_scale: float = CONDITION_SCALE,
     tokenizer_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
@@ -420,25 +265,24 @@ def train_transformer(
     default, or ``"gpu"``) whose vocabulary sizes and grid are read off the
     tokenizer and the dVAE. ``dvae_dir``: the dVAE whose codes the
     transformer learns (default: the shipped ``data/dvae``). The data are the
-    captions and codes of ``n_images`` Shapes training scenes drawn from
-    ``seed`` (``cache_codes``). ``until``: stop after this step (the schedule
-    still spans ``steps``); call again with ``resume=True`` to go on.
-    ``precision``: ``"auto"`` is bf16 autocast on a GPU that has it or a CPU
-    with native bf16 (1.3× faster steps than fp32 on one core), else fp32.
-    ``data``: your own images and captions (a ``FolderDataset``) instead of Shapes; ``n_images`` and ``eval_prompts`` then do not apply.
-    Under torchrun, ``batch_size`` is the global batch, split over the
-    processes. Returns the model in eval mode.
+    captions and codes of ``n_images`` (default 60 000) Shapes training scenes
+    drawn from ``seed`` (``cache_codes``), or every image of ``data``, your own
+    images and captions (a ``FolderDataset``; ``n_images`` must then be left
+    out). ``eval_prompts``: test captions graded at every sample PNG (default
+    32 on Shapes; the grader knows only Shapes, so 0 with ``data``).
+    ``until``: stop after this step (the schedule still spans ``steps``); call
+    again with ``resume=True`` to go on. ``precision``: ``"auto"`` is bf16
+    autocast on a GPU that has it or a CPU with native bf16 (1.3× faster steps
+    than fp32 on one core), else fp32. Under torchrun, ``batch_size`` is the
+    global batch, split over the processes. Returns the model in eval mode.
     """
-    device = distributed.setup(device)  # joins the other processes when launched by torchrun
-    main = distributed.is_main()  # rank 0 (the only process outside torchrun) saves and reports
-    log, progress = (log, progress) if main else ((lambda _: None), False)
-    distributed.per_rank_batch(batch_size)  # fails early when the processes cannot share the batch
-    precision = resolve_precision(precision, device)
-    out_dir = Path(out_dir)
-    state_path = out_dir / checkpoints.STATE_NAME
-    if device == "cpu":
-        setup_cpu(threads)
-    seed_everything(seed)  # the same seed on every rank: all ranks draw the same global batches
+    if data is not None and (n_images is not None or eval_prompts):
+        raise ValueError("with data= the images are all of data's and nothing is graded: "
+                         "leave out n_images and eval_prompts")
+    n_images = len(data) if data is not None else (60_000 if n_images is None else n_images)
+    eval_prompts = (0 if data is not None else 32) if eval_prompts is None else eval_prompts
+    run = train_common.setup(out_dir, batch_size, seed, device, precision, threads, log, progress)
+    device, out_dir, log = run.device, run.out_dir, run.log
 
     # data: the tokenizer, the dVAE, and every training pair as (text ids, codes), prepared once
     tokenizer = load_tokenizer(tokenizer_path)
@@ -453,84 +297,62 @@ def train_transformer(
     problems = compatibility_problems(config, tokenizer, dvae)
     if problems:
         raise ValueError("this config does not fit the tokenizer and dVAE: " + "; ".join(problems)
-                         + ". Build it with train_transformer.config_for(tokenizer, dvae, preset)")
+                         + ". Build it with transformer.config_for(tokenizer, dvae, preset)")
     with distributed.main_first():  # under torchrun, rank 0 fills the code cache and the others read it
-        if data is None:  # Shapes: one caption per image
-            captions, codes = cache_codes(dvae, "train", n_images, seed, cache_dir or CACHE_DIR, progress=progress)
-            first, count = torch.arange(len(captions)), torch.ones(len(captions), dtype=torch.long)
-        else:  # your images: image i has captions[first[i] : first[i] + count[i]]
-            codes = cache_folder_codes(dvae, data, cache_dir or CACHE_DIR, progress=progress)
-            captions, first, count = data.caption_table()
-            n_images, eval_prompts = len(data), 0  # the grader knows only Shapes captions
-    text_ids = encode_captions(tokenizer, captions, config.text_len)  # (captions, Lt)
-    codes = codes.flatten(1)  # (n_images, G·G), uint8 / int16 until a batch is drawn
-    prompts = list(SAMPLE_PROMPTS) if data is None else [c[0] for c in data.captions[:len(SAMPLE_PROMPTS)]]
-    sample_text = encode_captions(tokenizer, prompts, config.text_len)  # (P, Lt)
+        pairs = training_pairs(dvae, tokenizer, config, data, n_images, seed, cache_dir or CACHE_DIR, run.show_progress)
+    sample_text = encode_captions(tokenizer, pairs.prompts, config.text_len)  # (P, Lt)
 
     model = DalleTransformer(config).to(device)
     optimizer = make_optimizer(model, lr, weight_decay)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "n_images": n_images,
-                "dvae_sha256": weights_hash(dvae)}
+                "dvae_sha256": checkpoints.weights_hash(dvae)}
     if data is not None:
         run_info["data_sha256"] = data.fingerprint
-    step = checkpoints.start_or_resume(state_path, model, optimizer, config, run_info, resume, log)
-    run_info["precision"] = precision
-    log(f"transformer: {model.num_params() / 1e6:.2f} M parameters, {len(codes)} training pairs, "
-        f"device {device}, {precision}")
-
-    loss_of = distributed.wrap(model, method="loss")  # model.loss, inside DDP under torchrun
-    loss_fn = torch.compile(loss_of) if device.startswith("cuda") else loss_of
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    step = checkpoints.start_or_resume(run.state_path, model, optimizer, config, run_info, resume, log)
+    run_info["precision"] = run.precision
+    evals = train_common.MetricsLog(out_dir / EVALS_NAME, step, enabled=run.main and bool(eval_prompts))
+    log(f"transformer: {model.num_params() / 1e6:.2f} M parameters, {len(pairs.codes)} training pairs, "
+        f"device {device}, {run.precision}")
+    loss_fn = run.compile(distributed.wrap(model, method="loss"))  # model.loss, inside DDP under torchrun
 
     def save(at_step: int) -> None:
-        checkpoints.save_training_state(state_path, model, optimizer, at_step, config, extra=run_info)
+        checkpoints.save_training_state(run.state_path, model, optimizer, at_step, config, extra=run_info)
         checkpoints.save_model(model, config, out_dir, MODEL_TYPE)
-        info = {**run_info, "step": at_step, "dvae_dir": str(dvae_dir) if dvae_dir else "data/dvae"}
-        checkpoints._write_text(out_dir / TRAINING_INFO, json.dumps(info, indent=2) + "\n")
+        checkpoints.write_training_info(out_dir, {**run_info, "step": at_step,
+                                                  "dvae_dir": str(dvae_dir) if dvae_dir else "data/dvae"})
 
     def save_samples(at_step: int) -> None:
-        # own generators: drawing pictures never moves the training's random stream
-        g = _generator(seed, device)
+        # own generator: drawing pictures never moves the training's random stream
         images, _ = sample_images(model, dvae, sample_text.repeat_interleave(4, dim=0),
-                                  condition_scale=eval_condition_scale, generator=g)  # (P·4, H, W, C)
-        rows = list(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).split(4))  # P × (4, C, H, W)
-        save_png(image_grid(rows), out_dir / "samples" / f"step_{at_step:06d}.png")
+                                  condition_scale=eval_condition_scale,
+                                  generator=seeded_generator(seed, device))  # (P·4, H, W, C)
+        save_png(image_grid(np.split(images, len(pairs.prompts))), out_dir / "samples" / f"step_{at_step:06d}.png")
         if eval_prompts:
             report = evaluate_samples(model, dvae, tokenizer, "test", eval_prompts, seed,
                                       condition_scale=eval_condition_scale)
-            with open(out_dir / "evals.jsonl", "a") as f:
-                f.write(json.dumps({"step": at_step, **report}) + "\n")
+            evals.append({"step": at_step, **report})
             log(f"step {at_step}: graded match {report['match']:.1%} on {report['n']} test captions")
         model.train()
 
-    from tqdm.auto import tqdm
-
     last = min(until, steps) if until is not None else steps
-    bar = tqdm(range(step, last), initial=step, total=steps, desc="transformer", mininterval=5.0,
-               disable=not progress)
+    bar = run.progress(range(step, last), step, steps, desc="transformer")
     t0 = time.time()
     model.train()
     for step in bar:
         # 1. the learning rate: linear warm-up, then cosine decay
-        lr_now = lr_schedule(step, steps, lr, warmup_frac, lr_end_frac)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
+        lr_now = train_common.lr_at(step, steps, lr, warmup_frac, lr_end_frac)
+        train_common.set_lr(optimizer, lr_now)
         # 2. a random batch of images, one of each image's captions; ≈ 20 % of the captions become
         #    the empty caption (the torch generator is part of the checkpoint, so a resumed run
         #    draws the same batches); under torchrun every rank draws the same and keeps its shard
-        idx = torch.randint(0, len(codes), (batch_size,))
-        text = drop_captions(text_ids[pick_caption_rows(idx, first, count)], config)  # (B, Lt)
-        target = codes[idx].long()  # (B, G·G)
+        idx = torch.randint(0, len(pairs.codes), (batch_size,))
+        text = drop_captions(pairs.text_ids[pick_caption_rows(idx, pairs.first, pairs.count)], config)  # (B, Lt)
+        target = pairs.codes[idx].long()  # (B, G·G)
         text, target = distributed.shard(text).to(device), distributed.shard(target).to(device)
         # 3. forward, check, backward, clip, step
-        with autocast:
+        with run.autocast:
             out = loss_fn(text, target)
-        if not distributed.all_finite(out.loss):
-            raise TrainingDiverged(
-                f"loss is {out.loss.item()} at step {step}; stopped before updating the weights. "
-                f"The last good checkpoint is {state_path} (step {_saved_step(state_path)}); "
-                "lower the learning rate or use precision='fp32', then resume."
-            )
+        train_common.check_finite(out.loss, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if grad_clip:
@@ -538,15 +360,15 @@ def train_transformer(
         optimizer.step()
         # 4. report, checkpoint, pictures
         done = step + 1
-        if progress:
+        if run.show_progress:
             bar.set_postfix({"loss": f"{out.loss.item():.3f}", "text": f"{out.text_loss.item():.3f}",
                              "image": f"{out.image_loss.item():.3f}", "lr": f"{lr_now:.1e}"}, refresh=False)
-        if main and (done % checkpoint_every == 0 or done == last):
+        if run.main and (done % checkpoint_every == 0 or done == last):
             save(done)
-        if main and (done % sample_every == 0 or done == steps):
+        if run.main and (done % sample_every == 0 or done == steps):
             save_samples(done)
     bar.close()
-    if main and last > 0 and not state_path.exists():
+    if run.main and last > 0 and not run.state_path.exists():
         save(last)
     distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
@@ -554,24 +376,8 @@ def train_transformer(
 
 
 # ---------------------------------------------------------------------------
-# loading a trained transformer
+# planning a run
 # ---------------------------------------------------------------------------
-
-
-def load_transformer(model_dir: str | Path | None = None, device: str | None = None) -> DalleTransformer:
-    """The transformer in ``model_dir`` (default: the shipped ``data/transformer``), in eval mode."""
-    model_dir = Path(model_dir) if model_dir is not None else DATA_DIR / "transformer"
-    return checkpoints.load_model(model_dir, DalleTransformer, TransformerConfig, MODEL_TYPE,
-                                  device=device or get_device())
-
-
-def training_info(model_dir: str | Path) -> dict:
-    """What ``train_transformer`` recorded about a model folder (``training.json``), or {} when absent."""
-    path = Path(model_dir) / TRAINING_INFO
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def measure_steps_per_second(config: TransformerConfig, batch_size: int = 64, steps: int = 30, warmup: int = 3,
@@ -585,11 +391,11 @@ def measure_steps_per_second(config: TransformerConfig, batch_size: int = 64, st
 
     device = device or get_device()
     if device == "cpu":
-        setup_cpu(threads)
+        train_common.setup_cpu(threads)
     torch.manual_seed(0)
     model = DalleTransformer(config).to(device).train()
     optimizer = make_optimizer(model, 1e-3, 0.1)
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = train_common.autocast(device, precision)
     text = torch.randint(3, config.text_vocab_size, (batch_size, config.text_len))
     text[:, 0], text[:, 16:] = config.bos_id, config.pad_id
     t0 = 0.0

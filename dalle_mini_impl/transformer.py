@@ -44,13 +44,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import DATA_DIR, checkpoints, get_device
 from .attention import KVCache, MaskedSelfAttention, build_mask, layer_mask_kinds, MASK_KINDS
+
+if TYPE_CHECKING:
+    from .dvae import DVAE
 
 PAD_ID, BOS_ID = 0, 1  # the course tokenizer's special tokens: <pad> 0, <bos> 1, <eos> 2
 
@@ -388,3 +393,43 @@ class DalleTransformer(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= c.image_vocab_size):
             raise ValueError(f"image codes must lie in [0, {c.image_vocab_size}); set config.image_vocab_size "
                              "from the dVAE's vocab_size")
+
+
+# ---------------------------------------------------------------------------
+# a trained transformer, and what it must fit
+# ---------------------------------------------------------------------------
+
+MODEL_TYPE = "transformer"
+
+
+def load(model_dir: str | Path | None = None, device: str | None = None) -> DalleTransformer:
+    """The transformer in ``model_dir`` (default: the shipped ``data/transformer``), in eval mode."""
+    model_dir = model_dir if model_dir is not None else DATA_DIR / "transformer"
+    return checkpoints.load_model(model_dir, DalleTransformer, TransformerConfig, MODEL_TYPE,
+                                  device=device or get_device())
+
+
+def compatibility_problems(config: TransformerConfig, tokenizer, dvae: DVAE) -> list[str]:
+    """What stops a transformer with ``config`` from working with this tokenizer and dVAE ([] when nothing).
+
+    Example: a config for a 512-code dVAE next to a 1024-code one ->
+    ["the transformer predicts 512 image codes but the dVAE has 1024"].
+    """
+    problems = []
+    if config.text_vocab_size != tokenizer.vocab_size:
+        problems.append(f"the transformer reads {config.text_vocab_size} text ids but the tokenizer has "
+                        f"{tokenizer.vocab_size}")
+    if config.image_vocab_size != dvae.config.vocab_size:
+        problems.append(f"the transformer predicts {config.image_vocab_size} image codes but the dVAE has "
+                        f"{dvae.config.vocab_size}")
+    if config.grid != dvae.config.grid_size:
+        problems.append(f"the transformer draws a {config.grid}×{config.grid} grid but the dVAE encodes to "
+                        f"{dvae.config.grid_size}×{dvae.config.grid_size}")
+    return problems
+
+
+def config_for(tokenizer, dvae: DVAE, preset: str = "cpu", **overrides) -> TransformerConfig:
+    """``TransformerConfig.preset(preset)`` with the vocabularies and grid read off the tokenizer and the dVAE."""
+    sizes = dict(text_vocab_size=tokenizer.vocab_size, image_vocab_size=dvae.config.vocab_size,
+                 grid=dvae.config.grid_size)
+    return TransformerConfig.preset(preset, **{**sizes, **overrides})

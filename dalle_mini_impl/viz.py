@@ -836,7 +836,7 @@ def playground_samples(model, dvae, tokenizer, prompt: str, n: int = 8, temperat
     import torch
 
     from . import grader
-    from .train_transformer import sample_images
+    from .sampling import sample_images
     from .transformer import encode_captions
 
     device = model.image_head.weight.device

@@ -147,7 +147,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 def test_export_halves_the_file_and_loads_to_nearly_the_same_model(tmp_path):
     from dalle_mini_impl.cli import main
     from dalle_mini_impl.dvae import DVAE, DVAEConfig
-    from dalle_mini_impl.train import load_dvae
+    from dalle_mini_impl.dvae import load as load_dvae
 
     torch.manual_seed(0)
     config = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, folder_data, pipeline
+from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, folder_data, images, pipeline
 from dalle_mini_impl.clip import CLIP, CLIPConfig
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
-from dalle_mini_impl.train_transformer import load_tokenizer
+from dalle_mini_impl.bpe import load_tokenizer
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig
 
 TINY_DVAE = dict(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
@@ -86,8 +86,8 @@ def test_train_dvae_overwrites_a_finished_model_only_when_told(tmp_path, capsys,
             "--out", str(copy), *TINY_DVAE_SET]
     assert cli.main(argv) == 2 and fingerprint(copy) == before
     assert "--overwrite" in capsys.readouterr().err
-    monkeypatch.setattr("dalle_mini_impl.train.evaluate_reconstructions", lambda *a, **k: {})
-    monkeypatch.setattr("dalle_mini_impl.train.format_report", lambda report: "")
+    monkeypatch.setattr("dalle_mini_impl.evaluate.evaluate_reconstructions", lambda *a, **k: {})
+    monkeypatch.setattr("dalle_mini_impl.evaluate.format_reconstruction_report", lambda report: "")
     assert cli.main(argv + ["--overwrite"]) == 0
     assert (copy / checkpoints.STATE_NAME).exists() and fingerprint(copy)["model.safetensors"] != before["model.safetensors"]
     assert fingerprint(DATA_DIR / "dvae")["model.safetensors"] == before["model.safetensors"]  # the shipped one
@@ -172,7 +172,7 @@ def test_generate_on_a_full_disk_leaves_nothing(models_dir, tmp_path, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         Image.fromarray(image).save(path)
 
-    monkeypatch.setattr(cli, "_write_png", write_png)
+    monkeypatch.setattr(images, "save_png", write_png)
     assert generate(models_dir, out) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
@@ -211,8 +211,8 @@ def test_evaluate_refuses_to_replace_a_report(tmp_path, capsys):
 @pytest.fixture
 def clip_run(tmp_path, monkeypatch):
     """A 2-step train-clip run (the cpu preset, 4 pairs a step); the final evaluation is skipped."""
-    monkeypatch.setattr("dalle_mini_impl.train_clip.evaluate_clip", lambda *a, **k: {})
-    monkeypatch.setattr("dalle_mini_impl.train_clip.format_clip_report", lambda report: "")
+    monkeypatch.setattr("dalle_mini_impl.evaluate.evaluate_clip", lambda *a, **k: {})
+    monkeypatch.setattr("dalle_mini_impl.evaluate.format_clip_report", lambda report: "")
     out = tmp_path / "clip"
     argv = ["train-clip", "--batch-size", "4", "--threads", "1", "--out", str(out)]
     assert cli.main(argv + ["--steps", "2"]) == 0
@@ -244,7 +244,7 @@ def test_resume_refuses_a_corrupt_training_state(clip_run, capsys):
 
 
 def test_a_clip_records_its_tokenizer_and_generate_checks_it(clip_run, models_dir, tmp_path, capsys):
-    from dalle_mini_impl.train_transformer import tokenizer_hash
+    from dalle_mini_impl.bpe import tokenizer_hash
 
     out, _ = clip_run
     assert json.loads((out / "training.json").read_text())["tokenizer_sha256"] == tokenizer_hash(load_tokenizer())

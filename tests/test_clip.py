@@ -23,7 +23,9 @@ from dalle_mini_impl.clip import (
     zero_shot,
     zero_shot_captions,
 )
-from dalle_mini_impl.train import TrainingDiverged
+from dalle_mini_impl.clip import load as load_clip
+from dalle_mini_impl.clip import one_object_scenes
+from dalle_mini_impl.train_common import TrainingDiverged
 from dalle_mini_impl.transformer import encode_captions
 
 TINY = dict(d_model=32, n_heads=2, stem_width=8, embed_dim=16, text_layers=1, image_layers=1)  # runs in milliseconds
@@ -207,7 +209,7 @@ def test_zero_shot_prompts_are_inside_the_grammar():
 
 def test_zero_shot_accuracy_and_its_errors(tok):
     model = _tiny()
-    scenes = tc.one_object_scenes("test", 8, seed=0)
+    scenes = one_object_scenes("test", 8, seed=0)
     images = shapes.render_batch(scenes)
     truth = [scene_attributes(s)["color"] for s in scenes]
     acc = zero_shot(model, tok, images, "color", truth)
@@ -264,7 +266,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     resumed = _tiny_run(tmp_path / "b", resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    loaded = tc.load_clip(tmp_path / "b", device="cpu")
+    loaded = load_clip(tmp_path / "b", device="cpu")
     assert loaded.config == cfg and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                                               straight.state_dict().values()))
 
@@ -283,12 +285,12 @@ def test_a_checkpoint_from_another_config_gives_a_clear_error(tmp_path):
                       progress=False, threads=1, log=lambda s: None)
     checkpoints.save_config(other, tmp_path, "clip")  # config.json now disagrees with the weights
     with pytest.raises(checkpoints.CheckpointError, match=r"text_proj.weight.*\(16, 32\).*\(24, 32\)"):
-        tc.load_clip(tmp_path, device="cpu")
+        load_clip(tmp_path, device="cpu")
     with pytest.raises(checkpoints.CheckpointError, match="expected model_type 'clip', found 'dvae'"):
         (tmp_path / "config.json").write_text(json.dumps({"model_type": "dvae"}))
-        tc.load_clip(tmp_path, device="cpu")
+        load_clip(tmp_path, device="cpu")
     with pytest.raises(checkpoints.CheckpointError, match="no such folder"):
-        tc.load_clip(tmp_path / "missing", device="cpu")
+        load_clip(tmp_path / "missing", device="cpu")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

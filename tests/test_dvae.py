@@ -13,7 +13,6 @@ from dalle_mini_impl.dvae import (
     DVAEConfig,
     code_histogram,
     codebook_perplexity,
-    cosine_schedule,
     dead_codes,
     gumbel_softmax,
     kl_to_uniform,
@@ -27,18 +26,13 @@ from dalle_mini_impl.dvae import (
     unmap_pixels,
     usage_kl_to_uniform,
 )
-from dalle_mini_impl.train import (
-    TrainingDiverged,
-    caption_round_trip_rate,
-    evaluate_reconstructions,
-    format_report,
-    load_dvae,
-    make_optimizer,
-    to_float_images,
-    to_uint8_images,
-    train_dvae,
-    training_images,
-)
+from dalle_mini_impl.dvae import load as load_dvae
+from dalle_mini_impl.evaluate import caption_round_trip_rate, evaluate_reconstructions
+from dalle_mini_impl.evaluate import format_reconstruction_report as format_report
+from dalle_mini_impl.images import to_float_images, to_uint8_images
+from dalle_mini_impl.train_common import TrainingDiverged
+from dalle_mini_impl.train_common import cosine as cosine_schedule
+from dalle_mini_impl.train_dvae import make_optimizer, train_dvae, training_images
 
 OVERFIT_RATIO = 0.7
 TINY = {"enc_width": 8, "dec_width": 8, "codebook_dim": 16, "vocab_size": 32}  # a model that runs in milliseconds

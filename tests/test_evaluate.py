@@ -10,7 +10,8 @@ import torch
 from dalle_mini_impl import DATA_DIR, checkpoints, cli, evaluate, grader, pipeline, shapes
 from dalle_mini_impl.clip import CLIP, CLIPConfig, rerank
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
-from dalle_mini_impl.train_transformer import load_tokenizer, sample_images
+from dalle_mini_impl.bpe import load_tokenizer
+from dalle_mini_impl.sampling import sample_images
 from dalle_mini_impl.transformer import encode_captions
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig
 

@@ -22,7 +22,7 @@ from dalle_mini_impl.clip import (  # noqa: E402
     zero_shot_probs,
 )
 from dalle_mini_impl.dvae import DVAE, DVAEConfig  # noqa: E402
-from dalle_mini_impl.train_transformer import load_tokenizer  # noqa: E402
+from dalle_mini_impl.bpe import load_tokenizer  # noqa: E402
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig  # noqa: E402
 
 TINY_CLIP = dict(d_model=32, n_heads=2, stem_width=8, embed_dim=16, text_layers=1, image_layers=1)

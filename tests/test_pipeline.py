@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle_mini_impl import DATA_DIR, checkpoints, cli, pipeline
+from dalle_mini_impl import DATA_DIR, checkpoints, cli, images, pipeline, transformer
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
-from dalle_mini_impl.train_transformer import load_tokenizer
+from dalle_mini_impl.bpe import load_tokenizer
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig
 
 TINY_DVAE = dict(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
@@ -105,9 +105,9 @@ def test_overlong_prompt_is_truncated_with_a_warning(models):
 
 
 def test_contact_sheet_layout():
-    images = np.zeros((4, 64, 64, 3), dtype=np.uint8)
-    assert pipeline.contact_sheet(images).shape == (64, 4 * 64 + 3 * 2, 3)
-    assert pipeline.contact_sheet(images, columns=2).shape == (2 * 64 + 2, 2 * 64 + 2, 3)
+    four = np.zeros((4, 64, 64, 3), dtype=np.uint8)
+    assert images.contact_sheet(four).shape == (64, 4 * 64 + 3 * 2, 3)
+    assert images.contact_sheet(four, columns=2).shape == (2 * 64 + 2, 2 * 64 + 2, 3)
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -246,5 +246,5 @@ def test_train_transformer_cli_runs_and_resumes(models_dir, tmp_path, monkeypatc
     assert cli.main([*argv, "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "resumed" in printed and "graded match of samples" in printed
-    assert presets == ["gpu"] * 3 and tt.load_transformer(out, device="cpu").config.d_model == TINY["d_model"]
-    assert tt.training_info(out)["step"] == 3 and (out / "samples" / "step_000003.png").is_file()
+    assert presets == ["gpu"] * 3 and transformer.load(out, device="cpu").config.d_model == TINY["d_model"]
+    assert checkpoints.training_info(out)["step"] == 3 and (out / "samples" / "step_000003.png").is_file()

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, grader, pipeline
 from dalle_mini_impl import train_transformer as tt
+from dalle_mini_impl.bpe import load_tokenizer
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.train_all import STAGES, open_run, stage_finished, train_all
 from dalle_mini_impl.transformer import DalleTransformer, TransformerConfig
@@ -131,7 +132,7 @@ def models_dir(tmp_path_factory):
     shutil.copytree(DATA_DIR / "tokenizer", root / "tokenizer")
     torch.manual_seed(0)
     dvae_config = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32)
-    config = TransformerConfig(text_vocab_size=tt.load_tokenizer().vocab_size, image_vocab_size=32, text_len=32,
+    config = TransformerConfig(text_vocab_size=load_tokenizer().vocab_size, image_vocab_size=32, text_len=32,
                                grid=8, d_model=32, n_heads=4, n_layers=2)
     checkpoints.save_model(DVAE(dvae_config), dvae_config, root / "dvae", "dvae")
     checkpoints.save_model(DalleTransformer(config), config, root / "transformer", "transformer")

@@ -14,7 +14,8 @@ from dalle_mini_impl.clip import CLIPConfig
 from dalle_mini_impl.dvae import DVAEConfig
 from dalle_mini_impl.folder_data import FolderDataset
 from dalle_mini_impl.train_all import PLANS, SPECIAL_TOKENS, STAGES, dvae_config, open_run, stage_finished, train_all
-from dalle_mini_impl.train_transformer import load_tokenizer, training_info
+from dalle_mini_impl.bpe import load_tokenizer
+from dalle_mini_impl.checkpoints import training_info
 
 
 def _weights(run_dir):
