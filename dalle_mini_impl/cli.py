@@ -76,12 +76,14 @@ def _read_image(path: Path):
 
     Refuses what is not an image and images over ``MAX_IMAGE_PIXELS`` before
     decoding them; 16-bit greyscale is scaled to 8 bits (a plain conversion
-    would clip every value above 255 to white).
+    would clip every value above 255 to white), transparency becomes white.
     """
     import warnings
 
     import numpy as np
     from PIL import Image
+
+    from .images import as_rgb8
 
     if not path.is_file():
         raise ValueError(f"no image at {path}")
@@ -92,12 +94,7 @@ def _read_image(path: Path):
             if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{path} is {image.size[0]}×{image.size[1]} pixels; images over "
                                  f"{MAX_IMAGE_PIXELS:,} pixels are refused")
-            if image.mode.startswith("I"):  # 16-bit greyscale ("I;16", or "I" with values up to 65535)
-                grey = np.asarray(image).astype(np.float64)
-                scale = 257.0 if image.mode.startswith("I;16") or grey.max() > 255 else 1.0
-                grey = np.clip(np.round(grey / scale), 0, 255).astype(np.uint8)
-                return np.repeat(grey[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(as_rgb8(image))  # 16-bit greyscale scaled, transparency white
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # too big even to open
         raise ValueError(f"{path}: {err}; images over {MAX_IMAGE_PIXELS:,} pixels are refused") from err
     except (OSError, SyntaxError) as err:
@@ -355,13 +352,14 @@ def run_train_dvae(args: argparse.Namespace) -> int:
         config = DVAEConfig.preset(args.preset, **_config_overrides(args.set, DVAEConfig))
     except (ValueError, ZeroDivisionError) as err:
         return _fail(str(err))
-    _clear_for_overwrite(args)
+    _set_aside_for_overwrite(args)
     try:
         model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, n_images=args.images, source=args.source,
                            precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        return _fail(str(err))
+        return _fail(str(err) + _replaced_note(args))
+    _drop_replaced(args)
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(format_reconstruction_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
@@ -436,18 +434,56 @@ def _check_out(args: argparse.Namespace) -> None:
         args.parser.error("--overwrite starts over and --resume continues: give one of them")
 
 
-# What a training run keeps in its folder; --overwrite removes them so that the run starts over.
+# What a training run keeps in its folder; --overwrite sets them aside so that the run starts over.
 RUN_FILES = ("train_state.safetensors", "model.safetensors", "config.json", "training.json", "metrics.jsonl",
-             "evals.jsonl")
+             "evals.jsonl", "samples")
 
 
-def _clear_for_overwrite(args: argparse.Namespace) -> None:
-    """With ``--overwrite``, remove the model and run files in ``--out`` (only those): training starts over there."""
+def _replaced_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".replaced")
+
+
+def _set_aside_for_overwrite(args: argparse.Namespace) -> None:
+    """With ``--overwrite``, move what the run will replace into ``<out>.replaced``: kept until the new run finishes.
+
+    ``train-all`` sets aside its whole run folder; the other training commands
+    only their model and run files (nothing else in ``--out`` is touched). A
+    run that fails or is interrupted leaves the old model there, and says so.
+    """
     from .distributed import is_main
 
-    if getattr(args, "overwrite", False) and is_main():
-        for name in RUN_FILES:
-            (args.out / name).unlink(missing_ok=True)
+    args.replaced = None
+    if not getattr(args, "overwrite", False) or not is_main() or not args.out.is_dir():
+        return
+    if args.command == "train-all":
+        names = [p.name for p in args.out.iterdir()]
+    else:
+        names = [name for name in RUN_FILES if (args.out / name).exists()]
+    if not names:
+        return
+    import shutil
+
+    aside = _replaced_folder(args.out)
+    shutil.rmtree(aside, ignore_errors=True)  # an earlier run's leftovers
+    aside.mkdir(parents=True)
+    for name in names:
+        (args.out / name).rename(aside / name)
+    args.replaced = aside
+    print(f"--overwrite: the old model is kept in {aside} until this run finishes")
+
+
+def _replaced_note(args: argparse.Namespace) -> str:
+    """For an error message: where the model that --overwrite set aside still is."""
+    aside = getattr(args, "replaced", None)
+    return f" (the model it was to replace is kept in {aside})" if aside is not None else ""
+
+
+def _drop_replaced(args: argparse.Namespace) -> None:
+    """The new run finished: what ``--overwrite`` set aside goes."""
+    import shutil
+
+    if getattr(args, "replaced", None) is not None:
+        shutil.rmtree(args.replaced, ignore_errors=True)
 
 
 def _positive_float(text: str) -> float:
@@ -489,17 +525,19 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     from .train_transformer import train_transformer
 
     _check_out(args)
-    _clear_for_overwrite(args)
+    _set_aside_for_overwrite(args)
     try:
         model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
                                   n_images=args.images, lr=args.lr, eval_prompts=args.sample_eval_prompts,
                                   precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        return _fail(str(err))
+        return _fail(str(err) + _replaced_note(args))
     from .distributed import is_main
 
     finished = args.until is None or args.until >= args.steps
+    if finished:
+        _drop_replaced(args)
     if args.eval_prompts > 0 and finished and is_main():  # under torchrun, rank 0 reports
         from .dvae import load as load_dvae
 
@@ -638,12 +676,13 @@ def run_train_clip(args: argparse.Namespace) -> int:
     from .train_common import TrainingDiverged
 
     _check_out(args)
-    _clear_for_overwrite(args)
+    _set_aside_for_overwrite(args)
     try:
         model = train_clip(CLIPConfig.preset(args.preset), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        return _fail(str(err))
+        return _fail(str(err) + _replaced_note(args))
+    _drop_replaced(args)
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(format_clip_report(evaluate_clip(model.cpu().float(), n=500, seed=0)))
@@ -670,6 +709,8 @@ def add_train_all(sub: argparse._SubParsersAction) -> None:
                    help="auto: bf16 autocast on a GPU (and for the dVAE on a CPU with native bf16), else fp32")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="CPU threads per process (default: 1, as the shipped models were trained)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: the run folder is set aside in <out>.replaced until the new run finishes")
     p.set_defaults(func=run_train_all, parser=p)
 
 
@@ -684,13 +725,23 @@ def run_train_all(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.is_dir():
         args.parser.error(f"--data: {args.data} is not a folder; give a folder of images with .txt captions")
     _check_out(args)
+    if args.data is not None and args.overwrite:  # read the folder first: a bad --data must not set the old run aside
+        from .folder_data import FolderDataset
+        from .train_all import dvae_config
+
+        try:
+            FolderDataset(args.data, image_size=dvae_config(PLANS[args.preset]).image_size, warn=False)
+        except FolderDataError as err:
+            args.parser.error(f"--data: {err}")
+    _set_aside_for_overwrite(args)
     try:
         train_all(args.out, data=args.data, plan=dataclasses.replace(PLANS[args.preset], seed=args.seed),
                   precision=args.precision, threads=args.threads)
     except FolderDataError as err:  # read before anything is written
         args.parser.error(f"--data: {err}")
     except (CheckpointError, TrainingDiverged, ValueError) as err:
-        return _fail(str(err))
+        return _fail(str(err) + _replaced_note(args))
+    _drop_replaced(args)
     return 0
 
 
@@ -893,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         where = _last_checkpoint(args) if args.command in TRAINING_COMMANDS else "nothing was written"
-        print(f"\ninterrupted; {where}", file=sys.stderr)
+        print(f"\ninterrupted; {where}{_replaced_note(args)}", file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a file that vanished: the message names the file
         what = f"{err.strerror} ({err.filename})" if err.strerror and err.filename else str(err)

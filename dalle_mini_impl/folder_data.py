@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .images import as_rgb8
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LAYOUT_HELP = ("expected images (.png, .jpg, .jpeg or .webp), each with a caption file of the same name "
                "ending in .txt beside it (one caption per line), in the folder or its sub-folders")
@@ -93,11 +95,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
     with Image.open(path) as image:
         image.load()  # decode now: a truncated or corrupt file fails here, not later
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image.alpha_composite(rgba)  # transparent -> white, like the Shapes background
-        image = image.convert("RGB")
+        image = as_rgb8(image)  # 16-bit greyscale scaled to 8 bits, transparent -> white like the Shapes background
     w, h = image.size
     if min(w, h) != size:
         scale = size / min(w, h)

@@ -10,8 +10,12 @@ Two layouts meet in this package:
 rounds, so a round trip of uint8 images is exact); ``image_grid`` and
 ``contact_sheet`` tile images into one picture; ``save_png`` writes one.
 
-Does not handle: other value ranges ([-1, 1]), 16-bit images (``folder_data``
-reads those), or colour spaces other than RGB.
+``as_rgb8`` turns any picture a file may hold (16-bit greyscale, a palette,
+transparency) into 8-bit RGB, the transparent parts white like the Shapes
+background.
+
+Does not handle: other value ranges ([-1, 1]), 16-bit colour images (Pillow
+reads them as 8-bit), or colour spaces other than RGB.
 """
 
 from __future__ import annotations
@@ -86,3 +90,25 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
+
+
+def as_rgb8(image):
+    """A PIL image of any mode -> an 8-bit RGB PIL image.
+
+    16-bit greyscale ("I;16", or "I" with values above 255) is scaled by
+    1/257 (a plain conversion would clip every value above 255 to white);
+    transparent pixels become white, like the Shapes background.
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        grey = np.asarray(image).astype(np.float64)
+        scale = 257.0 if image.mode.startswith("I;16") or grey.max() > 255 else 1.0
+        grey = np.clip(np.round(grey / scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return image.convert("RGB")

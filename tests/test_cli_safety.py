@@ -91,6 +91,39 @@ def test_train_dvae_overwrites_a_finished_model_only_when_told(tmp_path, capsys,
     assert cli.main(argv + ["--overwrite"]) == 0
     assert (copy / checkpoints.STATE_NAME).exists() and fingerprint(copy)["model.safetensors"] != before["model.safetensors"]
     assert fingerprint(DATA_DIR / "dvae")["model.safetensors"] == before["model.safetensors"]  # the shipped one
+    assert not (tmp_path / "dvae.replaced").exists()  # set aside while training, dropped once it finished
+
+
+def test_an_overwrite_that_fails_keeps_the_old_model_aside(tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "clip"
+    shutil.copytree(DATA_DIR / "clip", copy)
+    (copy / "notes.txt").write_text("mine")  # not a run file: never touched
+    before = fingerprint(DATA_DIR / "clip")
+    monkeypatch.setattr("dalle_mini_impl.train_clip.train_clip", fake_training(tmp_path, KeyboardInterrupt()))
+    code = cli.main(["train-clip", "--out", str(copy), "--threads", "1", "--overwrite"])
+    assert code == 130
+    err = capsys.readouterr().err
+    aside = tmp_path / "clip.replaced"
+    assert f"kept in {aside}" in err and "step 3" in err
+    assert fingerprint(aside) == {k: v for k, v in before.items() if k != "README.md"}  # the model's own files
+    assert (copy / "notes.txt").read_text() == "mine" and (copy / "README.md").exists()
+
+
+def test_train_all_overwrite_sets_the_whole_run_aside_until_it_finishes(tmp_path, monkeypatch, capsys):
+    def fake_train_all(out_dir, **_):
+        assert not out_dir.exists() or not any(out_dir.iterdir())  # it starts from an empty folder
+        if out_dir.name == "failing":
+            raise checkpoints.CheckpointError("stopped")
+
+    monkeypatch.setattr("dalle_mini_impl.train_all.train_all", fake_train_all)
+    for name, code in (("finishing", 0), ("failing", 2)):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "run.json").write_text("{}")  # a run started with other settings
+        assert cli.main(["train-all", "--out", str(out), "--overwrite"]) == code
+    assert not (tmp_path / "finishing.replaced").exists()  # dropped once the new run finished
+    assert (tmp_path / "failing.replaced" / "run.json").read_text() == "{}"  # kept: the new run did not finish
+    assert f"kept in {tmp_path / 'failing.replaced'}" in capsys.readouterr().err
 
 
 def test_train_tokenizer_refuses_to_replace_a_tokenizer(tmp_path, capsys):

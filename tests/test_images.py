@@ -47,3 +47,20 @@ def test_save_png_creates_the_folder_and_reads_back(tmp_path):
     image = shapes.render(shapes.make_scenes("test", 1, seed=2)[0])
     path = images.save_png(image, tmp_path / "a" / "b" / "x.png")
     assert np.array_equal(np.asarray(Image.open(path)), image)
+
+
+def test_as_rgb8_scales_16_bit_grey_and_whitens_transparency():
+    grey16 = Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16))  # mode I;16
+    assert np.asarray(images.as_rgb8(grey16))[0, :, 0].tolist() == [0, 128, 255]
+    rgba = Image.fromarray(np.array([[[255, 0, 0, 0], [255, 0, 0, 255]]], dtype=np.uint8), "RGBA")
+    assert np.asarray(images.as_rgb8(rgba)).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+    assert images.as_rgb8(Image.new("L", (2, 2), 9)).mode == "RGB"
+
+
+def test_a_16_bit_png_reads_the_same_everywhere(tmp_path):
+    from dalle_mini_impl import cli, folder_data
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((64, 64), 65535, dtype=np.uint16)).save(path)
+    assert folder_data.load_image(path, 64).min() == 255  # white, not clipped noise
+    assert cli._read_image(path).min() == 255
