@@ -7,9 +7,11 @@ config plus an ``nn.Module`` built from it, and is shipped as::
         config.json         {"model_type": "dvae", <the dataclass fields>}
         model.safetensors   the weights (safetensors: plain tensors, never pickle)
 
-A training run also keeps ``train_state.safetensors`` next to them: the model,
-the optimizer moments, the step, and the random number generators, so that a
-killed run resumes exactly where it stopped. Every file is written to a
+A training run also keeps ``train_state.pt`` next to them: the model, the
+optimizer's state dict, the step and the random number generators, written by
+``torch.save`` and read by ``torch.load(weights_only=True)`` (tensors and plain
+Python values only: loading runs no code from the file), so that a killed run
+resumes exactly where it stopped. Every file is written to a
 temporary name and then renamed (``os.replace`` is atomic), so a kill during a
 save leaves the previous checkpoint intact (and at most a stray ``.*.tmp``
 file, which the next ``start_or_resume`` in that folder removes).
@@ -26,8 +28,9 @@ a finished model (weights without a training state, such as ``data/*`` or an
 ``export``), and ``staged_folder`` builds a whole output folder beside its
 destination and moves it into place in one rename.
 
-Does not handle: sharded checkpoints, pickled ``.pt``/``.bin`` files (refused
-on purpose), or optimizers whose state is not made of tensors and numbers.
+Does not handle: sharded checkpoints, weights in pickled ``.pt``/``.bin`` files
+(the weights are safetensors only), or optimizers whose state is not made of
+tensors, numbers and strings.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-STATE_NAME = "train_state.safetensors"
+STATE_NAME = "train_state.pt"
 
 C = TypeVar("C")
 
@@ -370,35 +373,24 @@ def load_model(
 # ---------------------------------------------------------------------------
 
 
-def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = s
-    np_state = np.random.get_state()
-    meta = {
-        "rng/python": json.dumps(_to_json(random.getstate())),
-        "rng/numpy": json.dumps([np_state[0], np_state[1].tolist(), *np_state[2:]]),
+def _rng_states() -> dict[str, Any]:
+    """Every random generator a run draws from: torch (CPU and each GPU), Python's and NumPy's."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
     }
-    return tensors, meta
 
 
-def _to_json(x: Any) -> Any:
-    return [_to_json(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _to_tuple(x: Any) -> Any:
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
-
-
-def _set_rng_states(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    torch.set_rng_state(tensors["rng/torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate(_to_tuple(json.loads(meta["rng/python"])))
-    name, keys, pos, has_gauss, cached = json.loads(meta["rng/numpy"])
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+def _set_rng_states(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    random.setstate(rng["python"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -415,6 +407,14 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _state_tensors(model_state: dict[str, torch.Tensor], optim_state: dict) -> dict[str, torch.Tensor]:
+    """The tensors a checksum covers: the weights and every tensor of the optimizer's state."""
+    tensors = {f"model/{k}": v for k, v in model_state.items()}
+    for idx, state in optim_state["state"].items():
+        tensors.update({f"optim/{idx}/{k}": v for k, v in state.items() if torch.is_tensor(v)})
+    return tensors
+
+
 def save_training_state(
     path: str | Path,
     model: torch.nn.Module,
@@ -423,34 +423,44 @@ def save_training_state(
     config: Any,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write everything a resumed run needs, as one safetensors file.
+    """Atomically write everything a resumed run needs into one ``torch.save`` file.
 
-    Tensors: ``model/<name>``, ``optim/<param index>/<key>``, ``rng/torch`` (and
-    ``rng/cuda/<i>``). Metadata (strings): the step, the config, the optimizer's
-    hyper-parameters, Python's and NumPy's generator states, and ``extra``
-    (JSON-serialisable, e.g. the total number of steps), and ``sha256``, the
-    checksum of every tensor (``tensors_sha256``) that loading verifies.
+    ``{"step", "config", "extra", "model", "optimizer", "rng", "sha256"}``:
+    the model's and the optimizer's state dicts, every random generator's
+    state, ``extra`` (JSON-like: the total number of steps, ...) and the
+    checksum of every tensor (``tensors_sha256``) that loading verifies. Only
+    tensors, numbers, strings, lists, tuples and dicts: ``torch.load`` reads
+    it back with ``weights_only=True``, which runs no code from the file.
     """
     path = Path(path)
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim/{idx}/{key}"] = t.detach().cpu().contiguous()
-    rng_tensors, meta = _rng_states()
-    tensors.update(rng_tensors)
-    meta.update(
-        {
-            "step": str(step),
-            "config": json.dumps(dataclasses.asdict(config)),
-            "optim/param_groups": json.dumps(opt["param_groups"]),
-            "extra": json.dumps(extra or {}),
-            "sha256": tensors_sha256(tensors),
-        }
-    )
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    optim_state = optimizer.state_dict()
+    state = {
+        "step": step,
+        "config": dataclasses.asdict(config),
+        "extra": extra or {},
+        "model": model_state,
+        "optimizer": optim_state,
+        "rng": _rng_states(),
+        "sha256": tensors_sha256(_state_tensors(model_state, optim_state)),
+    }
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
+
+
+def _read_training_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found; expected a training state written by save_training_state")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or corrupt file fails in the unpickler, with many exception types
+        raise CheckpointError(f"{path}: cannot read it as a training state ({type(e).__name__}: {e}); "
+                              "the file is truncated or corrupt") from e
+    missing = [k for k in ("step", "config", "extra", "model", "optimizer", "rng") if k not in state]
+    if not isinstance(state, dict) or missing:
+        raise CheckpointError(f"{path}: {missing or 'its content'} missing; expected a training state "
+                              "written by save_training_state")
+    return state
 
 
 def load_training_state(
@@ -462,55 +472,37 @@ def load_training_state(
 ) -> tuple[int, dict[str, Any]]:
     """Restore what ``save_training_state`` wrote into ``model`` and ``optimizer``; returns ``(step, extra)``.
 
-    Refuses (``CheckpointError``) a state saved with another config: resuming
-    it would silently train a different model.
+    Refuses (``CheckpointError``) a corrupt file (its checksum), and a state
+    saved with another config: resuming it would silently train a different model.
     """
     path = Path(path)
-    tensors, meta = _read_safetensors(path)
-    for key in ("step", "config", "optim/param_groups", "extra", "rng/python", "rng/numpy"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: metadata {key!r} missing; expected a training state written by save_training_state")
-    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:  # (states saved before checksums have none)
+    state = _read_training_state(path)
+    if tensors_sha256(_state_tensors(state["model"], state["optimizer"])) != state.get("sha256"):
         raise CheckpointError(f"{path}: the tensors do not match the checksum saved with them; the file is corrupt. "
                               "Delete it to start over (or restore it from a copy)")
-    saved = json.loads(meta["config"])
-    wanted = dataclasses.asdict(config)
+    saved, wanted = state["config"], dataclasses.asdict(config)
     diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)}
     if diff:
         shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(
             f"{path}: was saved with another config ({shown}); resume with the same config or start a new run in another folder"
         )
-    model_tensors = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    check_state_dict(model.state_dict(), model_tensors, path)
-    model.load_state_dict(model_tensors)
-
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim/"):
-            _, idx, key = k.split("/", 2)
-            state.setdefault(int(idx), {})[key] = v
-    param_groups = [
-        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}  # JSON made tuples lists
-        for group in json.loads(meta["optim/param_groups"])
-    ]
+    check_state_dict(model.state_dict(), state["model"], path)
+    model.load_state_dict(state["model"])
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+        optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this optimizer ({e})") from e
     if restore_rng:
-        _set_rng_states(tensors, meta)
-    return int(meta["step"]), json.loads(meta["extra"])
+        _set_rng_states(state["rng"])
+    return int(state["step"]), state["extra"]
 
 
 def saved_step(state_path: str | Path) -> int | None:
     """The step recorded in a training-state file, or None when there is none (or it cannot be read)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(state_path), framework="pt") as f:
-            return int((f.metadata() or {})["step"])
-    except (SafetensorError, OSError, KeyError, ValueError):
+        return int(_read_training_state(Path(state_path))["step"])
+    except (CheckpointError, TypeError, ValueError):
         return None
 
 

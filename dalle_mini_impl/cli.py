@@ -435,7 +435,7 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 # What a training run keeps in its folder; --overwrite sets them aside so that the run starts over.
-RUN_FILES = ("train_state.safetensors", "model.safetensors", "config.json", "training.json", "metrics.jsonl",
+RUN_FILES = ("train_state.pt", "model.safetensors", "config.json", "training.json", "metrics.jsonl",
              "evals.jsonl", "samples")
 
 

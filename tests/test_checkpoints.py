@@ -101,7 +101,7 @@ def _state(tmp_path, config=TINY):
 
 def test_training_state_round_trip_with_rng(tmp_path):
     model, opt = _state(tmp_path)
-    path = tmp_path / "train_state.safetensors"
+    path = tmp_path / checkpoints.STATE_NAME
     random.seed(5)
     np.random.seed(5)
     torch.manual_seed(5)
@@ -123,10 +123,10 @@ def test_training_state_round_trip_with_rng(tmp_path):
 
 def test_training_state_from_another_config(tmp_path):
     model, opt = _state(tmp_path)
-    path = tmp_path / "train_state.safetensors"
+    path = tmp_path / checkpoints.STATE_NAME
     checkpoints.save_training_state(path, model, opt, step=3, config=TINY)
     other = DVAEConfig(enc_width=8, dec_width=8, codebook_dim=16, vocab_size=32, lr=5e-4)
-    with pytest.raises(CheckpointError, match=r"train_state\.safetensors: was saved with another config \(lr: saved 0\.001 vs now 0\.0005\)"):
+    with pytest.raises(CheckpointError, match=r"train_state\.pt: was saved with another config \(lr: saved 0\.001 vs now 0\.0005\)"):
         checkpoints.load_training_state(path, DVAE(other), torch.optim.AdamW(DVAE(other).parameters()), other)
 
 

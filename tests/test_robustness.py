@@ -182,8 +182,8 @@ def test_a_truncated_training_state_is_named_on_resume(images, tmp_path):
     state = tmp_path / "dvae" / checkpoints.STATE_NAME
     state.write_bytes(state.read_bytes()[:300])
     shutil.rmtree(tmp_path / "dvae" / "samples")
-    with pytest.raises(checkpoints.CheckpointError, match=r"dvae/train_state\.safetensors: cannot read it as "
-                                                          r"safetensors.*truncated or corrupt"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"dvae/train_state\.pt: cannot read it as "
+                                                          r"a training state.*truncated or corrupt"):
         train_all(tmp_path, data=images, plan=TINY_PLAN, stages=("tokenizer", "dvae"), precision="fp32",
                   progress=False, log=lambda _: None)
 
