@@ -26,9 +26,11 @@ averaged over its own number of targets, then weighted 1 : 7::
 
     loss = 1/8 · mean_text CE(text logits, next text ids) + 7/8 · mean_image CE(image logits, codes)
 
-Text targets include the padding (the paper predicts pad tokens too; with a
-per-position pad embedding, "the caption ends here" is one more thing to
-learn). Text logits cover only text ids (Vt) and image logits only image codes
+Text targets include the padding. That is this course's choice: the paper
+(§2.2) learns a pad embedding per text position but does not say whether pad
+positions count in the text loss. Counting them, "the caption ends here" is
+one more thing the model learns, and the text loss stays a mean over the same
+Lt - 1 positions for every caption. Text logits cover only text ids (Vt) and image logits only image codes
 (Vi): two output heads, so a text position can never predict an image code and
 vice versa. Captions dropped to the empty caption ``[<bos>, <pad>, …]`` with
 probability ≈ 0.2 (``drop_captions``) teach the same model p(image), which
