@@ -125,6 +125,9 @@ class CLIPConfig:
     lr_end_frac: float = 0.05  # cosine decay of the lr down to lr * lr_end_frac
     warmup_frac: float = 0.05  # linear lr warm-up over this fraction of the steps
     weight_decay: float = 0.1  # on matrices only (the paper: 0.2 for far longer runs)
+    hard_negatives: bool = False  # add one caption per pair with one stated attribute changed (``hard_negative``)
+    #                               as an extra wrong answer for its image: not in the paper, whose random
+    #                               batches rarely hold two captions that differ in one word only
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -263,7 +266,8 @@ class ImageEncoder(nn.Module):
 
 def contrastive_loss(
     image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
-    positives: torch.Tensor | None = None,
+    positives: torch.Tensor | None = None, hard_texts: torch.Tensor | None = None,
+    hard_positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The symmetric InfoNCE loss of CLIP on B matching (image, text) pairs.
 
@@ -283,18 +287,30 @@ def contrastive_loss(
     cross-entropy becomes -1/B Σ_i Σ_j q_ij log softmax(ℓ)_ij. Without it,
     q = the identity, which is the formula above.
 
+    ``hard_texts`` (K, E): more captions, each an extra column of the image ->
+    text softmax only (they have no image of their own), e.g. ``hard_negative``
+    captions; ``hard_positives`` (B, K) bool marks any that happen to be right
+    for an image (default: none).
+
     Example: v = t = I₃ (three orthogonal pairs), s = 1: every row is
     softmax([1, 0, 0]), so L = -log(e / (e + 2)) ≈ 0.5514.
     """
     logits = logit_scale * image_emb @ text_emb.t()  # (B, B): row i = image i against every text
     B = logits.shape[0]
     if positives is None:
-        targets = torch.arange(B, device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+        positives = torch.eye(B, dtype=torch.bool, device=logits.device)
     q = positives.to(logits.dtype)
     q = q / q.sum(1, keepdim=True)  # (B, B): each row a distribution over its positives
-    # positives is symmetric, so the column targets are the rows of q as well
-    return 0.5 * (F.cross_entropy(logits, q) + F.cross_entropy(logits.t(), q))
+    # positives is symmetric, so the column targets (text -> image) are the rows of q as well
+    text_to_image = F.cross_entropy(logits.t(), q)
+    if hard_texts is None:
+        return 0.5 * (F.cross_entropy(logits, q) + text_to_image)
+    rows = torch.cat([logits, logit_scale * image_emb @ hard_texts.t()], dim=1)  # (B, B + K)
+    extra = hard_positives if hard_positives is not None else torch.zeros(B, len(hard_texts), dtype=torch.bool,
+                                                                          device=logits.device)
+    q_rows = torch.cat([positives, extra], dim=1).to(logits.dtype)
+    q_rows = q_rows / q_rows.sum(1, keepdim=True)  # (B, B + K)
+    return 0.5 * (F.cross_entropy(rows, q_rows) + text_to_image)
 
 
 def same_caption(ids: torch.Tensor) -> torch.Tensor:
@@ -506,6 +522,48 @@ def zero_shot_captions() -> list[tuple[str, dict[str, str]]]:
         values = {"color": color, "shape": shape, "size": size, "position": shapes.POSITION_PHRASES[cell]}
         out.append((shapes.format_caption(desc), values))
     return out
+
+
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+            "below": "above"}
+
+
+def hard_negative(caption: str, rng: np.random.Generator, split: str = "train") -> str:
+    """A caption one stated attribute away from ``caption``: false for its image, and still of ``split``'s pairs.
+
+    For two objects, half the time the relation (replaced by its opposite: the
+    hardest difference to see, and the rarest in a random batch); otherwise an
+    attribute drawn uniformly among those the caption states: each object's colour and shape
+    (another one, keeping the colour-shape pair inside ``split`` and the two
+    objects' colours apart), each stated size (flipped), the position (another
+    cell). Example: "a red circle to the left of a blue square" -> "a red
+    circle to the right of a blue square", or "a red circle to the left of a
+    blue cross", ... A caption that states nothing else gets another colour or shape.
+    """
+    desc = shapes.parse_caption(caption)
+    allowed = set(shapes.pairs_for_split(split))
+    kinds = []
+    kinds += [(kind, k) for k, o in enumerate(desc.objects) for kind in ("color", "shape", "size")
+              if kind != "size" or o.size is not None]
+    if desc.position is not None:
+        kinds.append(("position", None))
+    kind, k = ("relation", None) if desc.relation and rng.random() < 0.5 else kinds[rng.integers(len(kinds))]
+    if kind == "relation":
+        desc.relation = OPPOSITE[desc.relation]
+    elif kind == "position":
+        desc.position = [cell for cell in shapes.POSITION_PHRASES if cell != desc.position][rng.integers(8)]
+    elif kind == "size":
+        desc.objects[k].size = "large" if desc.objects[k].size == "small" else "small"
+    else:
+        o = desc.objects[k]
+        taken = {p.color for j, p in enumerate(desc.objects) if j != k}
+        if kind == "color":
+            options = [c for c in shapes.COLORS if c != o.color and c not in taken and (c, o.shape) in allowed]
+            o.color = options[rng.integers(len(options))]
+        else:
+            options = [s for s in shapes.SHAPES if s != o.shape and (o.color, s) in allowed]
+            o.shape = options[rng.integers(len(options))]
+    return shapes.format_caption(desc)
 
 
 def one_object_scenes(split: str, n: int, seed: int = 0) -> list[shapes.Scene]:

@@ -61,8 +61,8 @@ import torch
 
 from . import grader, shapes
 from .bpe import ByteLevelBPE, load_tokenizer
-from .clip import (ATTRIBUTES, CLIP, attribute_values, one_object_scenes, retrieval_at_1, scene_attributes,
-                   zero_shot_probs)
+from .clip import (ATTRIBUTES, CLIP, OPPOSITE, attribute_values, encode_images_batched, encode_texts,
+                   one_object_scenes, retrieval_at_1, scene_attributes, zero_shot_probs)
 from .dvae import DVAE, codebook_stats, psnr, reconstruct_batched
 from .images import to_float_images, to_uint8_images
 from .pipeline import Models
@@ -444,10 +444,11 @@ def evaluate_clip(model: CLIP, tokenizer: ByteLevelBPE | None = None, n: int = 5
     """Zero-shot accuracy per attribute on held-out images, and text -> image R@1 on 100 scenes.
 
     Returns ``{"zero_shot": {"test": {attribute: acc}, "compositional": {attribute: acc}},
-    "retrieval_at_1": r, "n": n}``: ``n`` one-object images per split (``test``
-    = colour–shape pairs seen in training, ``compositional`` = the five
-    held-out pairs), and R@1 over the first 100 ``test`` scenes (one or two
-    objects, a grader-equivalent image counting as a hit).
+    "retrieval_at_1": r, "relation": relation_probe(...), "n": n}``: ``n`` one-object images per split
+    (``test`` = colour–shape pairs seen in training, ``compositional`` = the
+    five held-out pairs), R@1 over the first 100 ``test`` scenes (one or two
+    objects, a grader-equivalent image counting as a hit), and the relation
+    probe on 200 two-object ``test`` images.
     """
     tokenizer = tokenizer or load_tokenizer()
     model.eval()
@@ -457,7 +458,8 @@ def evaluate_clip(model: CLIP, tokenizer: ByteLevelBPE | None = None, n: int = 5
         zero_shot[split] = zero_shot_accuracy(model, tokenizer, shapes.render_batch(scenes), scenes)
     scenes = shapes.make_scenes("test", 100, seed)
     r1 = retrieval_at_1(model, tokenizer, shapes.render_batch(scenes), [s.caption for s in scenes])
-    return {"zero_shot": zero_shot, "retrieval_at_1": r1, "n": n}
+    return {"zero_shot": zero_shot, "retrieval_at_1": r1, "relation": relation_probe(model, tokenizer, 200, seed),
+            "n": n}
 
 
 def format_clip_report(report: dict) -> str:
@@ -466,4 +468,24 @@ def format_clip_report(report: dict) -> str:
     for split, acc in report["zero_shot"].items():
         lines.append(f"  {split:<13} " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
     lines.append(f"text -> image R@1 on 100 test scenes: {report['retrieval_at_1']:.1%}")
+    if "relation" in report:
+        probe = report["relation"]
+        lines.append(f"true caption over its relation-reversed twin: {probe['accuracy']:.1%} of {probe['n']} "
+                     f"two-object images (mean cosine margin {probe['margin']:.3f}; chance 50%)")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def relation_probe(model: CLIP, tokenizer, n: int = 200, seed: int = 0, split: str = "test") -> dict:
+    """Does CLIP tell "A left of B" from "A right of B"? ``n`` two-object images of ``split``, each scored
+    against its caption and the same caption with the relation reversed (``clip.OPPOSITE``).
+
+    Returns ``{"accuracy": share of images whose true caption scores higher, "margin": mean cosine difference,
+    "n": n}``. Chance is 0.5; a CLIP that reads the relation is near 1.
+    """
+    scenes = [shapes.sample_scene(shapes.scene_rng(split, seed, i), split, n_objects=2) for i in range(n)]
+    swapped = [s.caption.replace(s.relation, OPPOSITE[s.relation]) for s in scenes]
+    v = encode_images_batched(model, shapes.render_batch(scenes))  # (n, E)
+    true = (v * encode_texts(model, tokenizer, [s.caption for s in scenes])).sum(-1)  # (n,) cosines
+    false = (v * encode_texts(model, tokenizer, swapped)).sum(-1)
+    return {"accuracy": (true > false).float().mean().item(), "margin": (true - false).mean().item(), "n": n}

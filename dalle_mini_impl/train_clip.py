@@ -49,7 +49,7 @@ import torch
 
 from . import checkpoints, distributed, shapes, train_common
 from .bpe import ByteLevelBPE, load_tokenizer, tokenizer_hash
-from .clip import MODEL_TYPE, CLIP, CLIPConfig, contrastive_loss, one_object_scenes, same_caption
+from .clip import MODEL_TYPE, CLIP, CLIPConfig, contrastive_loss, hard_negative, one_object_scenes, same_caption
 from .evaluate import zero_shot_accuracy
 from .folder_data import FolderDataset, pick_caption_rows
 from .images import to_float_images
@@ -97,8 +97,11 @@ class PairEncoder(torch.nn.Module):
         super().__init__()
         self.clip = clip
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.clip.encode_image(images).float(), self.clip.encode_text(ids).float(), self.clip.logit_scale.float()
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, hard_ids: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> (v, t, s, t_hard): t_hard (K, E) are the unit vectors of ``hard_ids``, None without them."""
+        hard = self.clip.encode_text(hard_ids).float() if hard_ids is not None else None
+        return self.clip.encode_image(images).float(), self.clip.encode_text(ids).float(), self.clip.logit_scale.float(), hard
 
 
 # ---------------------------------------------------------------------------
@@ -182,14 +185,20 @@ def train_clip(
             + (f" | zero-shot on {eval_n} val images: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
                if acc else ""))
 
-    def batch(at_step: int) -> tuple[np.ndarray, torch.Tensor]:
-        """uint8 images (b, H, W, C) of this rank's shard and the token ids (B, T) of the whole global batch."""
+    def batch(at_step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        """uint8 images (b, H, W, C) of this rank's shard, the token ids (B, T) of the whole global batch,
+        and with ``config.hard_negatives`` the ids (B, T) of one hard negative per caption (else None)."""
         if data is None:  # B fresh Shapes scenes, a pure function of (seed, step)
             scenes = training_batch(at_step, batch_size, seed)
-            ids = encode_captions(tokenizer, [s.caption for s in scenes], config.text_len)  # (B, T)
-            return shapes.render_batch(distributed.shard(scenes)), ids
+            captions = [s.caption for s in scenes]
+            ids = encode_captions(tokenizer, captions, config.text_len)  # (B, T)
+            hard = None
+            if config.hard_negatives:  # a pure function of (seed, step) too
+                rng = np.random.default_rng([seed, at_step, 1])
+                hard = encode_captions(tokenizer, [hard_negative(c, rng) for c in captions], config.text_len)
+            return shapes.render_batch(distributed.shard(scenes)), ids, hard
         idx = torch.randint(0, len(data), (batch_size,))  # B random images, one random caption each
-        return data.images[distributed.shard(idx).numpy()], caption_ids[pick_caption_rows(idx, first, count)]
+        return data.images[distributed.shard(idx).numpy()], caption_ids[pick_caption_rows(idx, first, count)], None
 
     last = min(until, steps) if until is not None else steps
     bar = run.progress(range(step, last), step, steps, desc="CLIP")
@@ -200,16 +209,21 @@ def train_clip(
         lr = lr_at(step, steps, config)
         train_common.set_lr(optimizer, lr)
         # 2. a fresh batch: pixels and token ids; identical captions are positives of each other
-        pixels, ids = batch(step)
+        pixels, ids, hard = batch(step)
         images = to_float_images(pixels).to(device)  # (b, C, H, W) in [0, 1]: this rank's shard (b = B in one process)
         ids = ids.to(device)  # (B, T): the whole global batch
         positives = same_caption(ids)  # (B, B)
         # 3. forward, check, backward, step; under torchrun each rank encodes its shard, then gathers
         #    every rank's vectors, so that each image is contrasted with all B captions
+        hard = hard.to(device) if hard is not None else None  # (B, T): one more wrong caption per image
         with run.autocast:
-            v, t, scale = forward(images, distributed.shard(ids))  # (b, E), (b, E), ()
+            v, t, scale, hard_t = forward(images, distributed.shard(ids), None if hard is None else distributed.shard(hard))
             v, t = distributed.gather_with_grad(v), distributed.gather_with_grad(t)  # (B, E) each
-            loss = contrastive_loss(v, t, scale, positives)
+            hard_positives = None
+            if hard is not None:  # in the image -> text softmax only; a "negative" equal to a caption is right
+                hard_t = distributed.gather_with_grad(hard_t)  # (B, E)
+                hard_positives = (ids[:, None, :] == hard[None, :, :]).all(-1)  # (B, B)
+            loss = contrastive_loss(v, t, scale, positives, hard_t, hard_positives)
         train_common.check_finite(loss, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

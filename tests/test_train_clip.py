@@ -81,3 +81,19 @@ def test_cli_parses_train_clip():
                                       "--seed", "2", "--out", "x", "--resume"])
     assert (args.preset, args.steps, args.batch_size, args.seed, str(args.out), args.resume) == ("gpu", 7, 4, 2, "x", True)
     assert args.func is run_train_clip
+
+
+def test_hard_negatives_train_and_resume_exactly(tmp_path):
+    config = CLIPConfig(**TINY, hard_negatives=True)
+
+    def run(out, **kw):
+        return tc.train_clip(config, steps=4, batch_size=8, seed=2, out_dir=out, checkpoint_every=2, eval_every=0,
+                             progress=False, threads=1, log=lambda s: None, **kw)
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", until=2)
+    resumed = run(tmp_path / "b", resume=True)
+    plain = tc.train_clip(CLIPConfig(**TINY), steps=4, batch_size=8, seed=2, out_dir=tmp_path / "c", eval_every=0,
+                          progress=False, threads=1, log=lambda s: None)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), plain.state_dict().values()))
