@@ -191,6 +191,16 @@ class KVCache:
 # ---------------------------------------------------------------------------
 
 _compiled_flex = None  # torch.compile(flex_attention), built on first GPU use
+_flex_failed = False  # set when flex could not run here: "auto" then stays dense, having warned once
+
+
+def _flex_fell_back(err: Exception) -> None:
+    """Remember that flex attention failed on this machine and say so, once; "auto" layers use dense from now on."""
+    global _flex_failed
+    if not _flex_failed:
+        warnings.warn(f"flex attention cannot run on this GPU ({type(err).__name__}: {str(err)[:200]}); "
+                      "using dense attention, which computes the same", stacklevel=3)
+    _flex_failed = True
 
 
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
@@ -260,7 +270,7 @@ class MaskedSelfAttention(nn.Module):
     def use_flex(self, x: torch.Tensor) -> bool:
         if self.backend == "flex":
             return True
-        return self.backend == "auto" and FLEX_AVAILABLE and x.is_cuda
+        return self.backend == "auto" and FLEX_AVAILABLE and x.is_cuda and not _flex_failed
 
     def block_mask(self, T: int, device: torch.device):
         """The flex BlockMask of ``mask[:T, :T]``: blocks with no allowed entry are skipped."""
@@ -283,9 +293,15 @@ class MaskedSelfAttention(nn.Module):
         v = v.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.append(k, v)  # each (B, nh, P + T, hs)
+        y = None
         if cache is None and self.use_flex(x):
-            y = _flex_attention(q, k, v, self.block_mask(T, x.device))  # (B, nh, T, hs)
-        else:
+            try:
+                y = _flex_attention(q, k, v, self.block_mask(T, x.device))  # (B, nh, T, hs)
+            except Exception as err:  # a GPU where the kernel cannot be built (e.g. no Triton for it)
+                if self.backend == "flex":
+                    raise
+                _flex_fell_back(err)
+        if y is None:
             allowed = self.mask[P:P + T, :P + T]  # (T, P + T), broadcast over B and nh
             y = _dense_attention(q, k, v, allowed)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, d)  # (B, T, d): heads side by side again

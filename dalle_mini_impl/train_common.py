@@ -77,8 +77,17 @@ def resolve_precision(precision: str, device: str, cpu_bf16: bool = True) -> str
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpu_has_bf16() else "fp32"
     return "bf16" if cpu_bf16 and cpu_has_bf16() else "fp32"
+
+
+def gpu_has_bf16() -> bool:
+    """True when this GPU runs bf16 natively (compute capability 8.0 or newer: A100, L4, H100, RTX 30xx…).
+
+    A T4 (7.5, Colab's free GPU) reports bf16 as "supported" through emulation,
+    which is slower than fp32 there: it gets fp32.
+    """
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def autocast(device: str, precision: str) -> torch.autocast:

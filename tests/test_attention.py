@@ -256,3 +256,36 @@ def test_bf16_on_cpu_runs_the_attention_op_in_fp32(monkeypatch):
     torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
     y.float().sum().backward()
     assert x16.grad is not None and torch.isfinite(x16.grad).all() and x16.grad.abs().sum() > 0
+
+
+def test_auto_falls_back_to_dense_once_when_flex_cannot_run(monkeypatch):
+    from dalle_mini_impl import attention
+
+    torch.manual_seed(0)
+    mask = attention.build_mask("row", text_len=4, grid=2)
+    layer = attention.MaskedSelfAttention(16, 2, mask, backend="auto").eval()
+    x = torch.randn(2, mask.shape[0], 16)
+    dense = attention.MaskedSelfAttention(16, 2, mask, backend="dense").eval()
+    dense.load_state_dict(layer.state_dict())
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no Triton for this GPU")
+
+    monkeypatch.setattr(attention, "_flex_failed", False)
+    monkeypatch.setattr(attention, "FLEX_AVAILABLE", True)
+    monkeypatch.setattr(attention, "_flex_attention", broken)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # as on a GPU
+    monkeypatch.setattr(attention.MaskedSelfAttention, "block_mask", lambda self, T, device: None)
+    with pytest.warns(UserWarning, match="flex attention cannot run"):
+        y = layer(x)
+    y_again = layer(x)  # no second attempt, no second warning
+    assert calls == [1]
+    monkeypatch.undo()
+    assert torch.allclose(y, dense(x), atol=1e-6) and torch.allclose(y_again, y)
+    forced = attention.MaskedSelfAttention(16, 2, mask, backend="flex")
+    monkeypatch.setattr(attention, "_flex_attention", broken)
+    monkeypatch.setattr(attention.MaskedSelfAttention, "block_mask", lambda self, T, device: None)
+    with pytest.raises(RuntimeError, match="no Triton"):  # asked for by name: the error is not hidden
+        forced(x)

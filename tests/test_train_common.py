@@ -96,3 +96,11 @@ def test_setup_seeds_resolves_and_silences_nothing_in_one_process(tmp_path):
     quiet.set_postfix(loss=1.0)
     quiet.close()
     assert list(quiet) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_a_gpu_needs_native_bf16(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 says through emulation
+    assert train_common.resolve_precision("auto", "cuda") == expected
