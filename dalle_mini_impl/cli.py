@@ -116,9 +116,10 @@ def _unique_name(stem: str, used: set[str], suffix: str = ".png") -> str:
 
 
 def _add_training_flags(p: argparse.ArgumentParser, model: str, steps: int, batch_size: int,
-                        batch_help: str = "", precision_help: str = "") -> None:
+                        batch_help: str = "", precision_help: str = "", preset: bool = True) -> None:
     """The flags every ``train-*`` command shares, declared once."""
-    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
+    if preset:
+        p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="model size (default: cpu)")
     p.add_argument("--steps", type=_positive_int, default=steps,
                    help=f"optimizer steps; the schedules span them (default: {steps})")
     p.add_argument("--batch-size", type=_positive_int, default=batch_size,
@@ -363,6 +364,43 @@ def run_train_dvae(args: argparse.Namespace) -> int:
     if not is_main():  # under torchrun, rank 0 reports
         return 0
     print(format_reconstruction_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
+    return 0
+
+
+def add_finetune_dvae(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune-dvae", help="train a dVAE's decoder on its own hard codes with a pixel loss "
+                                             "(encoder frozen): sharper edges")
+    p.add_argument("model", type=Path, help="the dVAE folder to start from (it is not changed)")
+    p.add_argument("--loss", choices=["l1", "mse"], default="l1",
+                   help="l1: |x - x̂|, sharp edges (default); mse: squared error")
+    p.add_argument("--lr", type=_positive_float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    p.add_argument("--images", type=_positive_int, default=30_000,
+                   help="training images, encoded to codes once (default: 30000)")
+    p.add_argument("--source", choices=["images_all", "train"], default="images_all",
+                   help="images_all: every colour-shape pair; train: without the held-out pairs (default: images_all)")
+    _add_training_flags(p, "dvae_finetuned", steps=2000, batch_size=32, batch_help="images per step", preset=False)
+    p.set_defaults(func=run_finetune_dvae, parser=p)
+
+
+def run_finetune_dvae(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .distributed import is_main
+    from .evaluate import evaluate_reconstructions, format_reconstruction_report
+    from .train_common import TrainingDiverged
+    from .train_dvae import finetune_decoder
+
+    _check_out(args)
+    _set_aside_for_overwrite(args)
+    try:
+        model = finetune_decoder(args.model, args.out, steps=args.steps, loss=args.loss, lr=args.lr,
+                                 batch_size=args.batch_size, seed=args.seed, resume=args.resume,
+                                 n_images=args.images, source=args.source, precision=args.precision,
+                                 threads=args.threads)
+    except (CheckpointError, TrainingDiverged, ValueError) as err:
+        return _fail(str(err) + _replaced_note(args))
+    _drop_replaced(args)
+    if is_main():
+        print(format_reconstruction_report(evaluate_reconstructions(model.cpu().float(), n_per_split=500, seed=0)))
     return 0
 
 
@@ -907,7 +945,8 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_reconstruct,
+COMMANDS = [add_demo, add_tokenize, add_train_tokenizer, add_render, add_grade, add_train_dvae, add_finetune_dvae,
+            add_reconstruct,
             add_train_transformer, add_generate, add_train_clip, add_train_all, add_evaluate, add_export]
 
 
@@ -922,7 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAINING_COMMANDS = ("train-dvae", "train-transformer", "train-clip", "train-all")
+TRAINING_COMMANDS = ("train-dvae", "finetune-dvae", "train-transformer", "train-clip", "train-all")
 
 
 def _last_checkpoint(args: argparse.Namespace) -> str:

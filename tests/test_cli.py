@@ -171,3 +171,22 @@ def test_the_readme_contact_sheet_is_what_make_demo_draws(tmp_path, capsys):
     drawn = np.asarray(Image.open(sheet).convert("RGB"))
     shipped = np.asarray(Image.open(DATA_DIR / "demo" / "contact_sheet.png").convert("RGB"))
     assert drawn.shape == shipped.shape and np.array_equal(drawn, shipped)
+
+
+def test_finetune_dvae_keeps_the_source_model_and_writes_a_loadable_one(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from dalle_mini_impl import DATA_DIR
+    from dalle_mini_impl.dvae import load as load_dvae
+
+    monkeypatch.setattr("dalle_mini_impl.evaluate.evaluate_reconstructions", lambda *a, **k: {})
+    monkeypatch.setattr("dalle_mini_impl.evaluate.format_reconstruction_report", lambda report: "report")
+    source = tmp_path / "dvae"
+    shutil.copytree(DATA_DIR / "dvae", source)
+    before = (source / "model.safetensors").read_bytes()
+    out = tmp_path / "tuned"
+    assert cli.main(["finetune-dvae", str(source), "--out", str(out), "--steps", "2", "--batch-size", "2",
+                     "--images", "4", "--threads", "1"]) == 0
+    assert (source / "model.safetensors").read_bytes() == before
+    assert load_dvae(out, device="cpu").config == load_dvae(source, device="cpu").config
+    assert json.loads((out / "training.json").read_text())["loss"] == "l1"

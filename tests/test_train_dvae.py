@@ -81,3 +81,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                    precision="fp32", progress=False, checkpoint_every=2, resume=True, threads=1, log=lambda s: None)
     assert (tmp_path / checkpoints.WEIGHTS_NAME).read_bytes() == before
     load_dvae(tmp_path, device="cpu")  # still loadable
+
+
+def test_finetuning_the_decoder_on_hard_codes_lowers_the_round_trip_error_and_resumes_exactly(tmp_path):
+    from dalle_mini_impl.train_dvae import finetune_decoder
+
+    images = shapes.ShapesDataset("train", size=16, seed=3).images
+    base = train_dvae(DVAEConfig(**TINY), steps=30, batch_size=8, images=images, out_dir=tmp_path / "base",
+                      progress=False, log=lambda _: None, device="cpu", threads=1)
+    x = to_float_images(images)
+    before = (base.reconstruct(x) - x).abs().mean().item()
+    kw = dict(steps=40, batch_size=8, images=images, loss="l1", lr=3e-3, checkpoint_every=20, progress=False,
+              log=lambda _: None, device="cpu", threads=1)
+    tuned = finetune_decoder(tmp_path / "base", tmp_path / "tuned", **kw)
+    after = (tuned.reconstruct(x) - x).abs().mean().item()
+    assert after < 0.8 * before, (before, after)
+    assert all(torch.equal(a, b) for (n, a), b in zip(base.state_dict().items(), tuned.state_dict().values())
+               if n.startswith("encoder."))  # the encoder, and so the codes, unchanged
+    finetune_decoder(tmp_path / "base", tmp_path / "resumed", until=20, **kw)
+    resumed = finetune_decoder(tmp_path / "base", tmp_path / "resumed", resume=True, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), resumed.state_dict().values()))
+    assert load_dvae(tmp_path / "tuned", device="cpu").config == base.config
+    with pytest.raises(ValueError, match="loss must be one of"):
+        finetune_decoder(tmp_path / "base", tmp_path / "x", loss="huber", images=images, progress=False)
