@@ -1,24 +1,29 @@
-"""Live views for the lessons, built on the drawing functions of :mod:`dalle_mini_impl.viz`.
+"""Live views for the lessons, built on the drawing functions of the ``viz_*`` modules.
 
 Each widget wraps one tested drawing function; a lesson calls that function once
 with defaults (the static picture nbval compares and GitHub shows) and then the
-widget here for live use. Only widgets common to ipywidgets 7.7 and 8 are used.
+widget here for live use. What a view samples or grades is computed by the
+module of its idea (:mod:`dalle_mini_impl.evaluate`, :mod:`dalle_mini_impl.dvae`)
+and only drawn here. Only widgets common to ipywidgets 7.7 and 8 are used.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from ipywidgets import Dropdown, FloatSlider, IntSlider, Text, interact
+import numpy as np
+from ipywidgets import Dropdown, FloatSlider, IntSlider, Text, interact, interact_manual
 
+from . import evaluate, viz_bpe, viz_clip, viz_dvae, viz_transformer
+from .attention import MASK_KINDS
+from .dvae import most_colourful_code
 from .sampling import CONDITION_SCALE, TEMPERATURE
-from . import viz
 
 
 def tokenizer_explorer(tokenizer, text: str = "a small green square to the left of a large purple cross"):
     """Type text, see its tokens as coloured boxes with their ids."""
 
     def show(text: str):
-        viz.draw_tokens(tokenizer.tokens(text), tokenizer.encode(text))
+        viz_bpe.draw_tokens(tokenizer.tokens(text), tokenizer.encode(text))
         plt.show()
 
     return interact(show, text=Text(value=text, description="text", continuous_update=False))
@@ -28,7 +33,7 @@ def merge_slider(tokenizer, text: str = "a small green square to the left of a l
     """Slide through the merges: the vocabulary grows and the text is re-tokenized."""
 
     def show(k: int):
-        viz.draw_merge_step(tokenizer, text, k)
+        viz_bpe.draw_merge_step(tokenizer, text, k)
         plt.show()
 
     slider = IntSlider(value=len(tokenizer.merges) // 4, min=0, max=len(tokenizer.merges), step=1,
@@ -49,7 +54,7 @@ def gumbel_softmax_slider(logits, tau: float = 1.0, n_samples: int = 4, seed: in
     """
 
     def show(tau: float, hard: bool):
-        viz.draw_gumbel_softmax(logits, tau=tau, hard=hard, n_samples=n_samples, seed=seed)
+        viz_dvae.draw_gumbel_softmax(logits, tau=tau, hard=hard, n_samples=n_samples, seed=seed)
         plt.show()
 
     return interact(show, tau=FloatSlider(value=tau, min=0.05, max=3.0, step=0.05, description="τ",
@@ -60,8 +65,6 @@ def gumbel_softmax_slider(logits, tau: float = 1.0, n_samples: int = 4, seed: in
 
 def _usage_options(codes, vocab_size: int) -> list[tuple[str, int]]:
     """Dropdown entries for the used codes, most used first: ``("code 17 (523 cells)", 17)``."""
-    import numpy as np
-
     counts = np.bincount(np.asarray(codes).reshape(-1), minlength=vocab_size)
     order = np.argsort(-counts, kind="stable")
     return [(f"code {k} ({counts[k]} cells)", int(k)) for k in order if counts[k] > 0]
@@ -73,15 +76,13 @@ def codebook_explorer(images, codes, vocab_size: int, image_index: int = 0, code
     ``images``: (N, H, W, 3) uint8 or (N, 3, H, W) float; ``codes``: their
     (N, h, w) codes from ``model.encode``. The code list is sorted by usage.
     """
-    import numpy as np
-
     codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
     options = _usage_options(codes, vocab_size)
     if code is None:  # the code covering the most colour in the first image
-        code = viz.most_colourful_code(images[image_index], codes[image_index])
+        code = most_colourful_code(images[image_index], codes[image_index])
 
     def show(image_index: int, code: int):
-        viz.draw_codebook_explorer(images, codes, image_index=image_index, code=code)
+        viz_dvae.draw_codebook_explorer(images, codes, image_index=image_index, code=code)
         plt.show()
 
     return interact(show,
@@ -95,7 +96,7 @@ def code_editor(model, codes, row: int = 3, col: int = 3, new_code: int = 0):
     h, w = codes.shape[-2:]
 
     def show(row: int, col: int, new_code: int):
-        viz.draw_code_edit(model, codes, row, col, new_code)
+        viz_dvae.draw_code_edit(model, codes, row, col, new_code)
         plt.show()
 
     return interact(show,
@@ -112,12 +113,10 @@ def code_editor(model, codes, row: int = 3, col: int = 3, new_code: int = 0):
 
 def mask_explorer(text_len: int = 32, grid: int = 8, kernel: int = 5, kind: str = "row", query: int | None = None):
     """Pick a mask and a query position: see which text and image keys it may attend."""
-    from .attention import MASK_KINDS
-
     query = text_len + 3 * grid + 4 if query is None else query
 
     def show(kind: str, query: int):
-        viz.draw_mask_explorer(kind, query, text_len, grid, kernel)
+        viz_transformer.draw_mask_explorer(kind, query, text_len, grid, kernel)
         plt.show()
 
     return interact(show,
@@ -136,8 +135,8 @@ def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=N
     heads = [("mean of the heads", -1)] + [(f"head {h}", h) for h in range(n_heads)]
 
     def show(layer: int, head: int, row: int, col: int):
-        viz.draw_attention_map(maps, layer, None if head < 0 else head, (row, col), text_len, grid, image,
-                               text_labels, mask_kinds)
+        viz_transformer.draw_attention_map(maps, layer, None if head < 0 else head, (row, col), text_len, grid, image,
+                                           text_labels, mask_kinds)
         plt.show()
 
     return interact(show,
@@ -154,13 +153,17 @@ def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circl
                         seed: int = 0):
     """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``grader.grade``.
 
+    ``evaluate.graded_samples`` samples and grades; ``viz_transformer.draw_graded_samples`` draws.
     top-k 0 and top-p 1.0 mean "off". Sampling takes a few seconds on a CPU, hence the button.
     """
-    from ipywidgets import interact_manual
 
     def show(prompt: str, temperature: float, top_k: int, top_p: float, condition_scale: float, seed: int):
-        viz.draw_sampling_playground(model, dvae, tokenizer, prompt, n, temperature, top_k, top_p, condition_scale,
-                                     seed)
+        images, grades = evaluate.graded_samples(model, dvae, tokenizer, prompt, n, temperature, top_k, top_p,
+                                                 condition_scale, seed)
+        knobs = f"T = {temperature:g}, top-k {top_k or 'off'}, top-p {top_p if top_p < 1 else 'off'}, " \
+                f"condition scale {condition_scale:g}, seed {seed}"
+        viz_transformer.draw_graded_samples(images, grades,
+                                            title=viz_transformer.samples_title(prompt, grades) + f"\n{knobs}")
         plt.show()
 
     return interact_manual(
@@ -179,7 +182,7 @@ def generation_slider(dvae, codes, fill_code: int, step: int = 32):
     flat = codes.flatten()
 
     def show(k: int):
-        viz.draw_generation_strip(dvae, [flat[:k]], fill_code, scale=3.0)
+        viz_transformer.draw_generation_strip(dvae, [flat[:k]], fill_code, scale=3.0)
         plt.show()
 
     return interact(show, k=IntSlider(value=step, min=0, max=len(flat), description="codes drawn",
@@ -197,15 +200,17 @@ def reranking_viewer(models, prompt: str = "a large red circle in the top left",
                      seed: int = 0):
     """Type a prompt, pick N and a seed: N candidates sampled, sorted by CLIP, each graded.
 
-    ``models``: ``pipeline.load_models()``. Draws with ``viz.draw_generation``,
-    so a (prompt, N, seed) triple always shows the same images.
+    ``models``: ``pipeline.load_models()``. ``evaluate.graded_candidates``
+    samples, reranks and grades, ``viz_clip.draw_generation`` draws, so a
+    (prompt, N, seed) triple always shows the same images.
     """
 
     def show(prompt: str, candidates: int, seed: int):
         if not prompt.strip():
             print("type a prompt, e.g. 'a small blue square at the bottom'")
             return
-        viz.draw_generation(models, prompt, candidates=candidates, seed=seed)
+        c = evaluate.graded_candidates(models, prompt, candidates=candidates, seed=seed)
+        viz_clip.draw_generation(c.prompt, c.images, c.scores, c.grades, seed=seed)
         plt.show()
 
     return interact(show, prompt=Text(value=prompt, description="prompt", continuous_update=False),
@@ -226,10 +231,10 @@ def prompt_playground(models, prompt: str = "a small green square to the left of
     """Every knob of ``pipeline.generate``: prompt, N, K, temperature, top-k, condition scale and seed → the best K.
 
     Sampling takes a moment, so nothing runs until the button is pressed
-    (``interact_manual``). Draws with ``viz.draw_generation``: each kept image
-    with its CLIP score and the grader's verdict.
+    (``interact_manual``). ``evaluate.graded_candidates`` samples, reranks and
+    grades; ``viz_clip.draw_generation`` draws each kept image with its CLIP
+    score and the grader's verdict.
     """
-    from ipywidgets import interact_manual
 
     def show(prompt: str, candidates: int, keep: int, temperature: float, top_k: int, condition_scale: float,
              seed: int):
@@ -239,8 +244,9 @@ def prompt_playground(models, prompt: str = "a small green square to the left of
         if keep > candidates:
             print(f"K = {keep} is more than N = {candidates}: showing all {candidates}")
             keep = candidates
-        viz.draw_generation(models, prompt, candidates=candidates, keep=keep, seed=seed, temperature=temperature,
-                            top_k=top_k or None, condition_scale=condition_scale, cols=min(keep, 8))
+        c = evaluate.graded_candidates(models, prompt, candidates=candidates, seed=seed, temperature=temperature,
+                                       top_k=top_k or None, condition_scale=condition_scale)
+        viz_clip.draw_generation(c.prompt, c.images, c.scores, c.grades, keep=keep, seed=seed, cols=min(keep, 8))
         plt.show()
 
     return interact_manual(
