@@ -28,6 +28,9 @@ from .clip import attribute_values
 from .images import to_uint8_images
 from .viz_common import BAD, GOOD, frame, verdict
 
+MIN_TITLED_WIDTH = 5.0  # inches: a figure with a title is at least this wide, so that a long title keeps to 2–3 lines
+
+
 def _thumbnail(ax: plt.Axes, image, xy, zoom: float) -> None:
     """Place a small image centred at data point ``xy`` of ``ax`` (drawn outside the axes if need be)."""
     box = AnnotationBbox(OffsetImage(image, zoom=zoom, interpolation="nearest"), xy, frameon=False,
@@ -198,7 +201,8 @@ def draw_scored_images(images, scores=None, grades=None, title: str | None = Non
     ``grades``: per image a :class:`dalle_mini_impl.grader.Grade` (✓, or ✗ with
     the failed checks, or ? for a prompt outside the grammar), a bool, or None;
     ``labels``: the text before each score (default ``#1``, ``#2``, …: the rank).
-    Returns ``(fig, axes)``.
+    A figure with a title is at least ``MIN_TITLED_WIDTH`` wide, so that one or
+    two images do not squeeze a long title into a column. Returns ``(fig, axes)``.
     """
     imgs = to_uint8_images(images)
     n = len(imgs)
@@ -207,7 +211,7 @@ def draw_scored_images(images, scores=None, grades=None, title: str | None = Non
     # Lay out in inches: per row a label band, the images and a verdict band (two short lines).
     top, bottom = 0.2, (0.36 if grades is not None else 0.05)
     gap = 0.08
-    width = cols * (scale + gap) + gap
+    width = max(cols * (scale + gap) + gap, MIN_TITLED_WIDTH if title else 0.0)
     title_lines = textwrap.wrap(title, max(20, int(width * 13))) if title else []  # about 13 characters per inch
     head = 0.12 + 0.17 * len(title_lines) if title else 0.05
     row_h = top + scale + bottom

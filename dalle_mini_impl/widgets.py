@@ -5,18 +5,49 @@ with defaults (the static picture nbval compares and GitHub shows) and then the
 widget here for live use. What a view samples or grades is computed by the
 module of its idea (:mod:`dalle_mini_impl.evaluate`, :mod:`dalle_mini_impl.dvae`)
 and only drawn here. Only widgets common to ipywidgets 7.7 and 8 are used.
+
+Every control shows its label in full, every text box is wide enough for its
+default prompt, a slider over many values gets a long track (a short one jumps
+hundreds of values per drag), and every slider starts on a value it can reach
+(min + k·step): the browser would otherwise snap it and draw something else.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from ipywidgets import Dropdown, FloatSlider, IntSlider, Text, interact, interact_manual
+from ipywidgets import Dropdown, FloatSlider, IntSlider, Layout, Text, interact, interact_manual
 
 from . import evaluate, viz_bpe, viz_clip, viz_dvae, viz_transformer
 from .attention import MASK_KINDS
 from .dvae import most_colourful_code
 from .sampling import CONDITION_SCALE, TEMPERATURE
+
+FULL_LABEL = {"description_width": "initial"}  # "temperature", "codes drawn": never cut to "temperat…"
+LONG_RANGE = 50  # a slider over more values than this gets the wide track
+WIDE, NARROW = "95%", "420px"  # slider widths: label, track and value together
+
+
+def _slider(kind, value, low, high, description: str, step=1, **kwargs):
+    """An ``IntSlider`` or ``FloatSlider`` from ``low`` to ``high``: the label in full, a track as its range needs."""
+    wide = (high - low) / step > LONG_RANGE
+    return kind(value=value, min=low, max=high, step=step, description=description, style=FULL_LABEL,
+                layout=Layout(width=WIDE if wide else NARROW), **kwargs)
+
+
+def _text(value: str, description: str, **kwargs) -> Text:
+    """A text box that shows ``value`` whole (about 8 px a character, and room to type more)."""
+    return Text(value=value, description=description, style=FULL_LABEL,
+                layout=Layout(width=f"{max(560, 120 + 8 * len(value))}px"), **kwargs)
+
+
+def _dropdown(options, value, description: str) -> Dropdown:
+    return Dropdown(options=options, value=value, description=description, style=FULL_LABEL)
+
+
+# ---------------------------------------------------------------------------
+# Lesson 1: BPE
+# ---------------------------------------------------------------------------
 
 
 def tokenizer_explorer(tokenizer, text: str = "a small green square to the left of a large purple cross"):
@@ -26,7 +57,7 @@ def tokenizer_explorer(tokenizer, text: str = "a small green square to the left 
         viz_bpe.draw_tokens(tokenizer.tokens(text), tokenizer.encode(text))
         plt.show()
 
-    return interact(show, text=Text(value=text, description="text", continuous_update=False))
+    return interact(show, text=_text(text, "text", continuous_update=False))
 
 
 def merge_slider(tokenizer, text: str = "a small green square to the left of a large purple cross"):
@@ -36,8 +67,8 @@ def merge_slider(tokenizer, text: str = "a small green square to the left of a l
         viz_bpe.draw_merge_step(tokenizer, text, k)
         plt.show()
 
-    slider = IntSlider(value=len(tokenizer.merges) // 4, min=0, max=len(tokenizer.merges), step=1,
-                       description="merges", continuous_update=False)
+    slider = _slider(IntSlider, len(tokenizer.merges) // 4, 0, len(tokenizer.merges), "merges",
+                     continuous_update=False)
     return interact(show, k=slider)
 
 
@@ -57,10 +88,8 @@ def gumbel_softmax_slider(logits, tau: float = 1.0, n_samples: int = 4, seed: in
         viz_dvae.draw_gumbel_softmax(logits, tau=tau, hard=hard, n_samples=n_samples, seed=seed)
         plt.show()
 
-    return interact(show, tau=FloatSlider(value=tau, min=0.05, max=3.0, step=0.05, description="τ",
-                                          continuous_update=False),
-                    hard=Dropdown(options=[("soft", False), ("straight-through", True)], value=False,
-                                  description="forward"))
+    return interact(show, tau=_slider(FloatSlider, tau, 0.05, 3.0, "τ", step=0.05, continuous_update=False),
+                    hard=_dropdown([("soft", False), ("straight-through", True)], False, "forward"))
 
 
 def _usage_options(codes, vocab_size: int) -> list[tuple[str, int]]:
@@ -86,9 +115,8 @@ def codebook_explorer(images, codes, vocab_size: int, image_index: int = 0, code
         plt.show()
 
     return interact(show,
-                    image_index=IntSlider(value=image_index, min=0, max=len(codes) - 1, description="image",
-                                          continuous_update=False),
-                    code=Dropdown(options=options, value=code, description="code"))
+                    image_index=_slider(IntSlider, image_index, 0, len(codes) - 1, "image", continuous_update=False),
+                    code=_dropdown(options, code, "code"))
 
 
 def code_editor(model, codes, row: int = 3, col: int = 3, new_code: int = 0):
@@ -100,10 +128,10 @@ def code_editor(model, codes, row: int = 3, col: int = 3, new_code: int = 0):
         plt.show()
 
     return interact(show,
-                    row=IntSlider(value=row, min=0, max=h - 1, description="row", continuous_update=False),
-                    col=IntSlider(value=col, min=0, max=w - 1, description="column", continuous_update=False),
-                    new_code=IntSlider(value=new_code, min=0, max=model.config.vocab_size - 1,
-                                       description="new code", continuous_update=False))
+                    row=_slider(IntSlider, row, 0, h - 1, "row", continuous_update=False),
+                    col=_slider(IntSlider, col, 0, w - 1, "column", continuous_update=False),
+                    new_code=_slider(IntSlider, new_code, 0, model.config.vocab_size - 1, "new code",
+                                     continuous_update=False))
 
 
 # ---------------------------------------------------------------------------
@@ -120,9 +148,8 @@ def mask_explorer(text_len: int = 32, grid: int = 8, kernel: int = 5, kind: str 
         plt.show()
 
     return interact(show,
-                    kind=Dropdown(options=list(MASK_KINDS), value=kind, description="mask"),
-                    query=IntSlider(value=query, min=0, max=text_len + grid * grid - 1, description="query",
-                                    continuous_update=False))
+                    kind=_dropdown(list(MASK_KINDS), kind, "mask"),
+                    query=_slider(IntSlider, query, 0, text_len + grid * grid - 1, "query", continuous_update=False))
 
 
 def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=None, mask_kinds=None,
@@ -140,17 +167,15 @@ def attention_explorer(maps, text_len: int, grid: int, image=None, text_labels=N
         plt.show()
 
     return interact(show,
-                    layer=IntSlider(value=layer, min=0, max=len(maps) - 1, description="layer",
-                                    continuous_update=False),
-                    head=Dropdown(options=heads, value=-1 if head is None else head, description="head"),
-                    row=IntSlider(value=cell[0], min=0, max=grid - 1, description="row", continuous_update=False),
-                    col=IntSlider(value=cell[1], min=0, max=grid - 1, description="column",
-                                  continuous_update=False))
+                    layer=_slider(IntSlider, layer, 0, len(maps) - 1, "layer", continuous_update=False),
+                    head=_dropdown(heads, -1 if head is None else head, "head"),
+                    row=_slider(IntSlider, cell[0], 0, grid - 1, "row", continuous_update=False),
+                    col=_slider(IntSlider, cell[1], 0, grid - 1, "column", continuous_update=False))
 
 
 def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circle in the top left", n: int = 8,
-                        temperature: float = TEMPERATURE, top_k: int = 0, top_p: float = 1.0, condition_scale: float = CONDITION_SCALE,
-                        seed: int = 0):
+                        temperature: float = TEMPERATURE, top_k: int = 0, top_p: float = 1.0,
+                        condition_scale: float = CONDITION_SCALE, seed: int = 0):
     """Type a prompt, set the knobs, press the button: n samples, each graded ✓ / ✗ by ``grader.grade``.
 
     ``evaluate.graded_samples`` samples and grades; ``viz_transformer.draw_graded_samples`` draws.
@@ -168,12 +193,12 @@ def sampling_playground(model, dvae, tokenizer, prompt: str = "a large red circl
 
     return interact_manual(
         show,
-        prompt=Text(value=prompt, description="prompt"),
-        temperature=FloatSlider(value=temperature, min=0.1, max=2.0, step=0.05, description="temperature"),
-        top_k=IntSlider(value=top_k, min=0, max=model.config.image_vocab_size, description="top-k"),
-        top_p=FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p"),
-        condition_scale=FloatSlider(value=condition_scale, min=0.0, max=8.0, step=0.5, description="cond. scale"),
-        seed=IntSlider(value=seed, min=0, max=999, description="seed"),
+        prompt=_text(prompt, "prompt"),
+        temperature=_slider(FloatSlider, temperature, 0.1, 2.0, "temperature", step=0.05),
+        top_k=_slider(IntSlider, top_k, 0, model.config.image_vocab_size, "top-k"),
+        top_p=_slider(FloatSlider, top_p, 0.05, 1.0, "top-p", step=0.05),
+        condition_scale=_slider(FloatSlider, condition_scale, 0.0, 8.0, "cond. scale", step=0.25),
+        seed=_slider(IntSlider, seed, 0, 999, "seed"),
     )
 
 
@@ -185,8 +210,7 @@ def generation_slider(dvae, codes, fill_code: int, step: int = 32):
         viz_transformer.draw_generation_strip(dvae, [flat[:k]], fill_code, scale=3.0)
         plt.show()
 
-    return interact(show, k=IntSlider(value=step, min=0, max=len(flat), description="codes drawn",
-                                      continuous_update=False))
+    return interact(show, k=_slider(IntSlider, step, 0, len(flat), "codes drawn", continuous_update=False))
 
 
 # ---------------------------------------------------------------------------
@@ -213,9 +237,9 @@ def reranking_viewer(models, prompt: str = "a large red circle in the top left",
         viz_clip.draw_generation(c.prompt, c.images, c.scores, c.grades, seed=seed)
         plt.show()
 
-    return interact(show, prompt=Text(value=prompt, description="prompt", continuous_update=False),
-                    candidates=Dropdown(options=list(CANDIDATE_COUNTS), value=candidates, description="N"),
-                    seed=IntSlider(value=seed, min=0, max=99, description="seed", continuous_update=False))
+    return interact(show, prompt=_text(prompt, "prompt", continuous_update=False),
+                    candidates=_dropdown(list(CANDIDATE_COUNTS), candidates, "N"),
+                    seed=_slider(IntSlider, seed, 0, 99, "seed", continuous_update=False))
 
 
 # ---------------------------------------------------------------------------
@@ -251,11 +275,11 @@ def prompt_playground(models, prompt: str = "a small green square to the left of
 
     return interact_manual(
         show,
-        prompt=Text(value=prompt, description="prompt"),
-        candidates=Dropdown(options=list(CANDIDATE_COUNTS), value=candidates, description="N"),
-        keep=IntSlider(value=keep, min=1, max=16, description="K"),
-        temperature=FloatSlider(value=temperature, min=0.3, max=2.0, step=0.05, description="temperature"),
-        top_k=Dropdown(options=TOP_K_OPTIONS, value=top_k or 0, description="top-k"),
-        condition_scale=FloatSlider(value=condition_scale, min=0.0, max=8.0, step=0.5, description="cond. scale"),
-        seed=IntSlider(value=seed, min=0, max=99, description="seed"),
+        prompt=_text(prompt, "prompt"),
+        candidates=_dropdown(list(CANDIDATE_COUNTS), candidates, "N"),
+        keep=_slider(IntSlider, keep, 1, 16, "K"),
+        temperature=_slider(FloatSlider, temperature, 0.3, 2.0, "temperature", step=0.05),
+        top_k=_dropdown(TOP_K_OPTIONS, top_k or 0, "top-k"),
+        condition_scale=_slider(FloatSlider, condition_scale, 0.0, 8.0, "cond. scale", step=0.25),
+        seed=_slider(IntSlider, seed, 0, 99, "seed"),
     )

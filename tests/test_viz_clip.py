@@ -82,6 +82,18 @@ def test_draw_scored_images_writes_ranks_scores_and_verdicts(scenes):
     assert axes[0, 1].get_title() == "b" and not axes[0, 1].texts
 
 
+def test_a_long_title_over_one_image_keeps_to_a_few_lines(scenes):
+    found, images = scenes
+    title = viz_clip.generation_title("a small green square to the left of a large purple cross",
+                                      [grader.grade(image, found[0].caption) for image in images], True, 1, 0)
+    for k in (1, 2, 8):
+        fig, _ = viz_clip.draw_scored_images(images[:k], title=title, cols=k)
+        lines = fig.texts[0].get_text().split("\n")
+        assert len(lines) <= 3 and fig.get_figwidth() >= viz_clip.MIN_TITLED_WIDTH
+    fig, _ = viz_clip.draw_scored_images(images[:1])  # no title: as narrow as the image
+    assert fig.get_figwidth() < 2
+
+
 def test_draw_generation_shows_n_ranked_candidates_or_the_best_k(models):
     prompt = "a large red circle in the top left"
 
