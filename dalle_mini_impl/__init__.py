@@ -31,7 +31,7 @@ _SUBMODULES = {
     "shapes", "grader", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
     "checkpoints", "images", "train_common", "train_dvae", "train_transformer", "train_clip", "pipeline", "evaluate",
     "folder_data", "distributed", "train_all",
-    "viz", "widgets", "exercises", "cli",
+    "viz_common", "viz_bpe", "viz_dvae", "viz_transformer", "viz_clip", "viz_pipeline", "widgets", "exercises", "cli",
 }
 
 

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -155,6 +156,29 @@ def build_mask(kind: str, text_len: int, grid: int, kernel: int = 5) -> torch.Te
 def keys_per_query(mask: torch.Tensor) -> torch.Tensor:
     """How many keys each query may attend: the row sums of a mask. (S, S) -> (S,)."""
     return mask.sum(dim=-1)
+
+
+# What one query position may attend, key by key: the states lesson 3's mask explorer colours.
+KEY_BLOCKED, KEY_ALLOWED, KEY_SELF, KEY_FUTURE = 0, 1, 2, 3
+
+
+def key_states(kind: str, query: int, text_len: int, grid: int, kernel: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """What query position ``query`` may attend under mask ``kind``: (text states (Lt,), image states (G, G)).
+
+    Each key is ``KEY_ALLOWED``, ``KEY_SELF`` (the query's own position),
+    ``KEY_FUTURE`` (a later position, never visible) or ``KEY_BLOCKED`` (earlier,
+    but outside the mask). Example (row, 4×4 grid, query holding code 5):
+    image states [[0, 1, 1, 1], [1, 2, 3, 3], [3, 3, 3, 3], [3, 3, 3, 3]].
+    """
+    S = text_len + grid * grid
+    if not 0 <= query < S:
+        raise ValueError(f"query must be a position in [0, {S}), got {query}")
+    allowed = build_mask(kind, text_len, grid, kernel)[query].numpy()  # (S,)
+    positions = np.arange(S)
+    states = np.where(allowed, KEY_ALLOWED, KEY_BLOCKED)
+    states[positions > query] = KEY_FUTURE
+    states[query] = KEY_SELF
+    return states[:text_len], states[text_len:].reshape(grid, grid)
 
 
 # ---------------------------------------------------------------------------

@@ -146,6 +146,11 @@ def from_byte_chars(chars: str) -> bytes:
     return bytes(CHAR_TO_BYTE[c] for c in chars)
 
 
+def visible(piece: str) -> str:
+    """Make white space readable, to print or draw a token: ``" red\\n"`` -> ``"·red⏎"``."""
+    return piece.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍")
+
+
 def pretokenize(text: str) -> list[str]:
     """Split ``text`` with the GPT-2 regex, then write each piece in byte-level characters.
 

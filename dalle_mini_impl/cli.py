@@ -165,8 +165,7 @@ def add_tokenize(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from .bpe import ByteLevelBPE
-    from .viz import visible
+    from .bpe import ByteLevelBPE, visible
 
     path = _tokenizer_path(args.tokenizer)
     if not path.is_file():
@@ -868,11 +867,10 @@ def run_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import DATA_DIR, grader, shapes
-    from .bpe import ByteLevelBPE
+    from .bpe import ByteLevelBPE, visible
     from .checkpoints import CheckpointError, staged_folder
     from .images import save_png
     from .pipeline import CREATE_COMMANDS
-    from .viz import visible
 
     prompt = args.prompt.strip()
     if not prompt:

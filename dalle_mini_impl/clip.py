@@ -7,8 +7,9 @@ Shapes dataset, and the two uses the course makes of it:
 * **reranking** (``rerank``): DALL·E draws many candidates for a prompt and
   keeps those CLIP finds most similar to it (Ramesh et al. 2021, §2.5);
 * **zero-shot classification** (``zero_shot``) and **retrieval**
-  (``retrieval_at_1``): how we measure that CLIP has learned colour, shape,
-  size and position from captions alone, without a single label.
+  (``retrieval_at_1``; ``retrieve`` shows a caption's k best images): how we
+  measure that CLIP has learned colour, shape, size and position from captions
+  alone, without a single label.
 
 Letters used in shape comments:
     B   batch size (Bi images, Bt texts when they differ)
@@ -641,6 +642,27 @@ def retrieval_at_1(model: CLIP, tokenizer, images: np.ndarray | torch.Tensor, ca
                 pixels = to_uint8_images(images)
             hits += bool(grader.grade(pixels[i], captions[j]).match)
     return hits / len(captions)
+
+
+def retrieve(captions: Sequence[str], images: np.ndarray | torch.Tensor, sims,
+             k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Text -> image retrieval, graded: for each caption its ``k`` most similar images, best first.
+
+    ``sims``: (N, M) similarities of the N ``images`` with the M ``captions``
+    (column j = caption j). Returns (image indices (M, k), matches (M, k)):
+    ``matches[j, r]`` says whether the grader finds caption j in its r-th
+    image, so a vague caption's several right answers all count. Ties keep the
+    image order. Example: sims [[0.1, 0.9], [0.8, 0.2]], k = 1 -> indices [[1], [0]].
+    """
+    s = np.asarray(sims.detach().cpu().float() if hasattr(sims, "detach") else sims, dtype=np.float64)  # (N, M)
+    if s.shape != (len(images), len(captions)):
+        raise ValueError(f"sims must be (images, captions) = ({len(images)}, {len(captions)}), got {s.shape}")
+    k = min(k, len(images))
+    indices = np.argsort(-s, axis=0, kind="stable")[:k].T  # (M, k)
+    pixels = to_uint8_images(images)  # (N, H, W, C)
+    matches = np.array([[bool(grader.grade(pixels[i], caption).match) for i in row]
+                        for caption, row in zip(captions, indices)], dtype=bool).reshape(len(captions), k)  # (M, k)
+    return indices, matches
 
 
 # ---------------------------------------------------------------------------

@@ -61,11 +61,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import DATA_DIR, checkpoints, get_device
+from .images import to_uint8_images
 from .train_common import cosine
 from .train_common import lr_at as warmup_cosine
 
@@ -220,6 +222,28 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False, dim: in
         y_hard = torch.zeros_like(y).scatter_(dim, index, 1.0)
         y = y_hard - y.detach() + y
     return y
+
+
+def gumbel_softmax_samples(logits, tau: float, n: int, hard: bool = False, seed: int = 0) -> torch.Tensor:
+    """``n`` gumbel-softmax samples of softmax(``logits``) (K,) at temperature ``tau``: (n, K).
+
+    The noise comes from ``seed``, without touching the global random state,
+    so every ``tau`` gets the *same* draws: lowering it sharpens each sample
+    towards the one-hot vector of its gumbel-max winner.
+    """
+    logits = torch.as_tensor(logits, dtype=torch.float32).flatten()  # (K,)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return gumbel_softmax(logits.expand(n, len(logits)), tau, hard=hard, dim=-1)  # (n, K)
+
+
+def gumbel_softmax_sharpness(logits, taus, n: int = 2000, seed: int = 0) -> list[float]:
+    """How one-hot the samples are at each τ of ``taus``: the mean largest entry of ``n`` soft samples.
+
+    1 for one-hot samples (τ -> 0), 1/K for flat ones (τ -> ∞). Example:
+    logits of 4 equal entries, τ = 100 -> about 0.25.
+    """
+    return [float(gumbel_softmax_samples(logits, float(t), n, seed=seed).max(-1).values.mean()) for t in taus]
 
 
 def tau_at(step: int, total_steps: int, config: DVAEConfig) -> float:
@@ -535,21 +559,53 @@ def code_histogram(codes: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.bincount(codes.flatten().long(), minlength=vocab_size)
 
 
-def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:
-    """exp(entropy) of the code usage: the number of codes "effectively" in use.
+def histogram_perplexity(histogram) -> float:
+    """exp(entropy) of code counts (K,): the number of codes "effectively" in use.
 
     p_k = count_k / Σ counts,  perplexity = exp(-Σ_k p_k ln p_k), between 1
-    (one code everywhere) and K (all codes equally often).
+    (one code everywhere) and K (all codes equally often). Example: [4, 4, 0, 0] -> 2.0.
     """
-    p = code_histogram(codes, vocab_size).double()
-    p = p / p.sum()
+    p = torch.as_tensor(histogram).double()
+    p = p / p.sum().clamp(min=1)
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return float(entropy.exp())
+
+
+def codebook_perplexity(codes: torch.Tensor, vocab_size: int) -> float:
+    """exp(entropy) of the code usage of ``codes``: ``histogram_perplexity`` of their ``code_histogram``."""
+    return histogram_perplexity(code_histogram(codes, vocab_size))
 
 
 def dead_codes(codes: torch.Tensor, vocab_size: int) -> int:
     """Number of codes never chosen on these codes (a large count means wasted codebook)."""
     return int((code_histogram(codes, vocab_size) == 0).sum())
+
+
+def code_locations(codes, code: int) -> np.ndarray:
+    """Where ``code`` occurs in a stack of code grids (N, h, w): an array of ``(image, row, col)`` rows.
+
+    Example: codes [[[1, 2], [2, 3]]], code 2 -> [[0, 0, 1], [0, 1, 0]].
+    """
+    codes = np.asarray(codes.cpu() if hasattr(codes, "cpu") else codes)
+    return np.argwhere(codes == code)
+
+
+def most_colourful_code(image, grid) -> int:
+    """The code of ``grid`` (h, w) whose cells hold the most colour (distance from white) in ``image``.
+
+    A sensible first code to look at: on Shapes, the most frequent code of an
+    image is usually plain background. Example: a white image with one red cell
+    -> the code of that cell.
+    """
+    img = to_uint8_images(image).astype(np.float64)  # (H, W, 3)
+    grid = np.asarray(grid.cpu() if hasattr(grid, "cpu") else grid)  # (h, w)
+    h, w = grid.shape
+    ink = (255.0 - img).sum(axis=-1)  # (H, W): 0 on white
+    per_cell = ink.reshape(h, img.shape[0] // h, w, img.shape[1] // w).sum(axis=(1, 3))  # (h, w)
+    totals: dict[int, float] = {}  # code -> colour in its cells
+    for code, amount in zip(grid.flat, per_cell.flat):
+        totals[int(code)] = totals.get(int(code), 0.0) + float(amount)
+    return max(totals, key=lambda c: (totals[c], -c))
 
 
 @torch.no_grad()

@@ -46,6 +46,11 @@ off the dVAE's argmax round trip?), ``evaluate_samples`` (lesson 3: does one
 sample of the transformer show its caption?) and ``evaluate_clip`` (lesson 4:
 zero-shot accuracy per attribute, and text -> image retrieval).
 
+One prompt at a time, every image graded: what the lessons' playgrounds draw.
+``graded_samples`` (lesson 3: n samples of the transformer) and
+``graded_candidates`` (lessons 4 and 5: the N candidates of
+``pipeline.generate``, best first by CLIP).
+
 Does not handle: prompts outside the Shapes grammar (they cannot be graded;
 use ``shapes.make_scenes`` captions), confidence intervals (with 200 captions
 a rate is good to about ±3.5 points), or other scorers than CLIP's cosine
@@ -54,6 +59,7 @@ similarity (a ``scorer`` function can be passed in; tests pass a perfect one).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -65,7 +71,7 @@ from .clip import (ATTRIBUTES, CLIP, OPPOSITE, attribute_values, encode_images_b
                    one_object_scenes, retrieval_at_1, scene_attributes, zero_shot_probs)
 from .dvae import DVAE, codebook_stats, psnr, reconstruct_batched
 from .images import to_float_images, to_uint8_images
-from .pipeline import Models
+from .pipeline import Models, generate
 from .sampling import CONDITION_SCALE, TEMPERATURE, sample_images, seeded_generator
 from .transformer import DalleTransformer, encode_captions
 
@@ -489,3 +495,50 @@ def relation_probe(model: CLIP, tokenizer, n: int = 200, seed: int = 0, split: s
     true = (v * encode_texts(model, tokenizer, [s.caption for s in scenes])).sum(-1)  # (n,) cosines
     false = (v * encode_texts(model, tokenizer, swapped)).sum(-1)
     return {"accuracy": (true > false).float().mean().item(), "margin": (true - false).mean().item(), "n": n}
+
+
+# ---------------------------------------------------------------------------
+# one prompt at a time, every image graded: what the playgrounds and the reranking viewer draw
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def graded_samples(model: DalleTransformer, dvae: DVAE, tokenizer, prompt: str, n: int = 8,
+                   temperature: float = TEMPERATURE, top_k: int = 0, top_p: float = 1.0,
+                   condition_scale: float = CONDITION_SCALE, seed: int = 0) -> tuple[np.ndarray, list[grader.Grade]]:
+    """Sample ``n`` images for ``prompt`` and grade each: (uint8 images (n, H, W, C), one ``grader.Grade`` each).
+
+    ``top_k`` 0 and ``top_p`` 1.0 mean "off". The same (prompt, knobs, seed) always gives the same images.
+    """
+    device = model.image_head.weight.device
+    text = encode_captions(tokenizer, [prompt], model.config.text_len).repeat(n, 1)  # (n, Lt)
+    images, _ = sample_images(model, dvae, text, temperature=temperature, top_k=top_k or None,
+                              top_p=top_p if top_p < 1.0 else None, condition_scale=condition_scale,
+                              generator=seeded_generator(seed, device))  # (n, H, W, C)
+    return images, [grader.grade(image, prompt) for image in images]
+
+
+@dataclass
+class GradedCandidates:
+    """All N candidates ``pipeline.generate`` draws for one prompt, best first, each graded."""
+
+    prompt: str
+    images: np.ndarray  # uint8 (N, H, W, C): best first by CLIP, or in sampling order without a CLIP model
+    scores: np.ndarray | None  # float32 (N,): CLIP cosine similarity to the prompt; None without a CLIP model
+    grades: list[grader.Grade]  # one per image
+
+
+def graded_candidates(models: Models, prompt: str, candidates: int = 16, seed: int = 0,
+                      temperature: float = TEMPERATURE, top_k: int | None = None, top_p: float | None = None,
+                      condition_scale: float = CONDITION_SCALE, device: str | None = None) -> GradedCandidates:
+    """``pipeline.generate`` for one prompt with every candidate kept, and each candidate graded.
+
+    The same images as ``generate`` with the same seed and knobs, in the same
+    order (its best ``keep`` are the first ``keep`` here); ``grades[i]`` is
+    ``grader.grade(images[i], prompt)``.
+    """
+    result = generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
+                      keep=candidates, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                      condition_scale=condition_scale, clip_model=models.clip, device=device)[0]
+    return GradedCandidates(prompt, result.images, result.scores,
+                            [grader.grade(image, prompt) for image in result.images])

@@ -436,7 +436,7 @@ def check_failure_counts(fn: Callable) -> bool:
     import numpy as np
 
     from . import grader, shapes
-    from .viz import failure_counts
+    from .grader import failure_counts
 
     scenes = shapes.make_scenes("test", 12, seed=3)
     images = shapes.render_batch(scenes)

@@ -24,6 +24,9 @@ Scope. The last section of ``docs/shapes_dataset.md`` (spec v1), to the letter:
    position cell (centre vs 24 / 40 px) and relation (centres along the
    relation's axis). What failed comes back as data (`Failure`), and as one
    plain sentence.
+5. **What failed, by check.** `failure_reasons` gives one grade's failed checks
+   with their explanations, `failure_counts` how often each check fails among
+   many grades; both read `Grade.checks` and `Grade.failures`, never the sentence.
 
 Why so strict. A grader that accepts a rounded square as a square, or a
 four-pointed star as a cross, scores a model for drawing blobs. This one is
@@ -613,3 +616,41 @@ def grade(image, caption: str) -> Grade:
     if match:
         return Grade(True, True, "match: found " + "; ".join(o.describe() for o in found), checks, found)
     return Grade(False, True, "no match: " + "; ".join(map(str, best)), checks, found, best)
+
+
+# ---------------------------------------------------------------------------
+# 5. What failed, by check
+# ---------------------------------------------------------------------------
+
+NO_OBJECT = "no object found to check it"  # a colour, shape, ... check that failed because an object is missing
+
+
+def failure_reasons(grade: Grade) -> dict[str, str]:
+    """The failed checks of ``grade``, each with its own explanation, from ``grade.failures``.
+
+    Example: a grade that failed on colour and size ->
+    ``{"color": "expected red, found orange", "size": "expected large, found a box side of 18 px (small)"}``.
+    A check that failed because the caption's object was not found at all gets ``NO_OBJECT``.
+    A match, or a caption that cannot be graded, gives ``{}``.
+    """
+    if grade.match or not grade.gradable:
+        return {}
+    out: dict[str, str] = {}
+    for failure in grade.failures:
+        text = f"expected {failure.expected}, found {failure.found}"
+        out[failure.check] = f"{out[failure.check]}; {text}" if failure.check in out else text
+    for name, ok in grade.checks.items():  # a failed check with no failure of its own: its object was not found
+        if ok is False and name not in out:
+            out[name] = NO_OBJECT
+    return out
+
+
+def failure_counts(grades: list[Grade]) -> dict[str, int]:
+    """How many of the (gradable) ``grades`` fail each check of ``CHECKS``, most frequent first.
+
+    An image can fail several checks at once. Example: grades with checks
+    {color: False, shape: True, ...} and {color: False, shape: False, ...} ->
+    {"color": 2, "shape": 1, "count": 0, ...}.
+    """
+    counts = {name: sum(g.gradable and g.checks[name] is False for g in grades) for name in CHECKS}
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))

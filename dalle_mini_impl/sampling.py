@@ -216,6 +216,19 @@ def cached_image_logits(model: DalleTransformer, text: torch.Tensor, codes: torc
 # ---------------------------------------------------------------------------
 
 
+def partial_grids(prefixes, grid: int, fill_code: int) -> torch.Tensor:
+    """Code prefixes (each (k,), the first k codes in raster order) -> full grids (P, G, G), the rest ``fill_code``.
+
+    What a grid looks like while it is being drawn (decode it with ``codes_to_images``).
+    Example (grid 2, fill 0): [[5], [5, 6, 7]] -> [[[5, 0], [0, 0]], [[5, 6], [7, 0]]].
+    """
+    grids = torch.full((len(prefixes), grid * grid), int(fill_code), dtype=torch.long)  # (P, N)
+    for p, prefix in enumerate(prefixes):
+        prefix = torch.as_tensor(prefix).long().flatten()
+        grids[p, :len(prefix)] = prefix
+    return grids.view(len(prefixes), grid, grid)
+
+
 def codes_to_images(dvae: DVAE, codes: torch.Tensor) -> np.ndarray:
     """Code grids (B, h, w) -> uint8 images (B, H, W, C), decoded by the dVAE."""
     device = next(dvae.parameters()).device

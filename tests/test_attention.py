@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from dalle_mini_impl.attention import (
+    KEY_ALLOWED,
+    KEY_FUTURE,
     MASK_KINDS,
     KVCache,
     MaskedSelfAttention,
     build_mask,
     image_rule,
+    key_states,
     keys_per_query,
     layer_mask_kinds,
 )
@@ -160,6 +163,16 @@ def test_the_papers_four_by_four_example_drawn():
         ".........xxx.xx.",
         "..........xx..xx",
     ]
+
+
+def test_key_states_follow_the_mask():
+    text, image = key_states("row", 6 + 5, 6, 4)
+    assert (text == KEY_ALLOWED).all()
+    assert image.tolist() == [[0, 1, 1, 1], [1, 2, 3, 3], [3, 3, 3, 3], [3, 3, 3, 3]]
+    text, image = key_states("column", 2, 6, 4)  # a text query
+    assert text.tolist() == [1, 1, 2, 3, 3, 3] and (image == KEY_FUTURE).all()
+    with pytest.raises(ValueError, match="query must be a position"):
+        key_states("row", 22, 6, 4)
 
 
 def test_layer_schedule_follows_the_paper():

@@ -25,6 +25,7 @@ from dalle_mini_impl.bpe import (
     merge,
     pretokenize,
     split_lines,
+    visible,
 )
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "python_docs_english.txt"
@@ -439,6 +440,10 @@ def test_max_merges_slider(trained):
     assert trained.encode(text, max_merges=len(trained.merges)) == trained.encode(text)
     for k in (0, 5, 50):
         assert trained.decode(trained.encode(text, max_merges=k)) == text
+
+
+def test_visible_marks_white_space():
+    assert visible(" red\n\t") == "·red⏎⇥"
 
 
 def test_tokens_are_readable_pieces(trained):

@@ -1,6 +1,7 @@
 """CLIP: the InfoNCE loss by hand, the temperature clamp, embeddings, reranking, zero-shot, training and checkpoints."""
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -14,8 +15,11 @@ from dalle_mini_impl.clip import (
     CLIPConfig,
     attribute_values,
     contrastive_loss,
+    expected_any_match,
+    expected_top1_match,
     rerank,
     retrieval_at_1,
+    retrieve,
     same_caption,
     scene_attributes,
     zero_shot,
@@ -191,6 +195,43 @@ def test_rerank_refuses_an_empty_prompt(tok):
         rerank(_tiny(), tok, "  ", np.zeros((2, 64, 64, 3), np.uint8))
 
 
+# --- how much reranking helps, exactly ------------------------------------------------------
+
+
+def _brute_force(scores, matches, n):
+    """Average over every n-subset: CLIP's pick (highest score, first on ties), and whether any matches."""
+    subsets = list(itertools.combinations(range(len(scores)), n))
+    top = np.mean([matches[max(c, key=lambda i: (scores[i], -i))] for c in subsets])
+    anyone = np.mean([matches[list(c)].any() for c in subsets])
+    return top, anyone
+
+
+def test_expected_rates_equal_the_average_over_all_subsets():
+    rng = np.random.default_rng(0)
+    for M in (1, 3, 8):
+        scores, matches = rng.random(M), rng.random(M) < 0.5
+        for n in range(1, M + 1):
+            top, anyone = _brute_force(scores, matches, n)
+            assert expected_top1_match(scores, matches, n) == pytest.approx(top, abs=1e-12)
+            assert expected_any_match(matches, n) == pytest.approx(anyone, abs=1e-12)
+
+
+def test_expected_rates_known_answers_and_edges():
+    assert expected_top1_match([0.9, 0.5, 0.1], [False, True, True], 2) == pytest.approx(1 / 3)
+    assert expected_any_match([False, True, True], 2) == 1.0
+    scores, matches = np.array([[0.2, 0.9, 0.4], [0.1, 0.3, 0.2]]), np.array([[1, 0, 1], [0, 0, 1]], bool)
+    assert expected_top1_match(scores, matches, 1) == pytest.approx(matches.mean())  # N = 1: no reranking
+    assert expected_top1_match(scores, matches, 3) == pytest.approx(np.mean([0, 0]))  # N = M: CLIP's favourite
+    ties = np.zeros(4)  # equal scores: the first candidate wins, as in rerank
+    assert expected_top1_match(ties, [True, False, False, False], 4) == 1.0
+    with pytest.raises(ValueError, match="between 1 and"):
+        expected_top1_match(scores, matches, 4)
+    with pytest.raises(ValueError, match="same shape"):
+        expected_top1_match(scores, matches[:, :2], 1)
+    with pytest.raises(ValueError, match="between 1 and"):
+        expected_any_match(matches, 0)
+
+
 # --- zero-shot and retrieval ------------------------------------------------------------------
 
 
@@ -219,6 +260,20 @@ def test_zero_shot_accuracy_and_its_errors(tok):
         zero_shot(model, tok, images, "color", ["pink"] * 8)
     with pytest.raises(ValueError, match="unknown attribute"):
         attribute_values("texture")
+
+
+def test_retrieve_ranks_by_similarity_and_grades():
+    found = shapes.make_scenes("test", 6, seed=0)
+    images = shapes.render_batch(found)  # (6, 64, 64, 3)
+    captions = [found[2].caption, found[4].caption]
+    sims = np.zeros((6, 2))
+    sims[2, 0], sims[4, 1], sims[1, 1] = 0.9, 0.8, 0.7  # each caption's own image first
+    indices, matches = retrieve(captions, images, sims, k=3)
+    assert indices.shape == matches.shape == (2, 3)
+    assert indices[0, 0] == 2 and indices[1].tolist()[:2] == [4, 1]
+    assert matches[0, 0] and matches[1, 0]  # the grader reads its own caption
+    with pytest.raises(ValueError, match="images, captions"):
+        retrieve(captions, images, sims.T)
 
 
 # --- learning ---------------------------------------------------------------------------------

@@ -12,12 +12,17 @@ from dalle_mini_impl.dvae import (
     DVAE,
     DVAEConfig,
     code_histogram,
+    code_locations,
     codebook_perplexity,
     dead_codes,
     gumbel_softmax,
+    gumbel_softmax_samples,
+    gumbel_softmax_sharpness,
+    histogram_perplexity,
     kl_to_uniform,
     kl_weight_at,
     logit_laplace_log_prob,
+    most_colourful_code,
     restart_dead_codes,
     lr_at,
     map_pixels,
@@ -70,6 +75,20 @@ def test_hard_gives_one_hot_and_gradients_flow():
     assert torch.equal(y.detach().sum(1), torch.ones(4, 3, 3))
     (y * torch.randn_like(y)).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_seeded_samples_are_the_same_draws_at_every_temperature():
+    logits = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    warm, cold = gumbel_softmax_samples(logits, 2.0, 5, seed=0), gumbel_softmax_samples(logits, 0.05, 5, seed=0)
+    assert torch.equal(torch.rand(3), expected)  # the global random state is left alone
+    assert warm.shape == (5, 4) and torch.equal(warm.argmax(-1), cold.argmax(-1))
+    assert (cold.max(-1).values > warm.max(-1).values).all()
+    assert torch.equal(gumbel_softmax_samples(logits, 2.0, 5, seed=0), warm)
+    sharp = gumbel_softmax_sharpness(torch.zeros(4), [0.05, 1.0, 100.0], n=500)
+    assert sharp[0] > 0.95 and sharp[0] > sharp[1] > sharp[2] and sharp[2] == pytest.approx(0.25, abs=0.01)
 
 
 # --- schedules --------------------------------------------------------------------------------
@@ -209,6 +228,17 @@ def test_codebook_health_measures():
     assert dead_codes(codes, 4) == 2
     assert codebook_perplexity(torch.arange(8), 8) == pytest.approx(8.0)
     assert codebook_perplexity(torch.zeros(10, dtype=torch.long), 8) == pytest.approx(1.0)
+    assert histogram_perplexity(torch.tensor([4, 4, 0, 0])) == pytest.approx(2.0)
+
+
+def test_code_locations():
+    assert code_locations(torch.tensor([[[1, 2], [2, 3]]]), 2).tolist() == [[0, 0, 1], [0, 1, 0]]
+
+
+def test_most_colourful_code_picks_the_code_under_the_colour():
+    image = np.full((16, 16, 3), 255, dtype=np.uint8)
+    image[8:, :8] = (220, 38, 38)  # one red cell of a 2×2 grid
+    assert most_colourful_code(image, np.array([[5, 5], [9, 5]])) == 9
 
 
 def test_dead_codes_restart_as_copies_of_busy_codes_where_error_is_high():

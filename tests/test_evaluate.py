@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _tiny_models import CharTokenizer, tiny_dvae, tiny_transformer
 
 from dalle_mini_impl import DATA_DIR, checkpoints, cli, evaluate, grader, pipeline, shapes
 from dalle_mini_impl.clip import CLIP, CLIPConfig, rerank
@@ -193,6 +194,34 @@ def test_evaluate_splits_runs_each_split(models):
                                                                                "candidates": 2, "keep": 1})
     assert list(reports) == ["seen", "compositional"]
     assert [r["shapes_split"] for r in reports.values()] == ["test", "compositional"]
+
+
+# --- one prompt, every image graded ---------------------------------------------------------
+
+
+def test_graded_samples_are_repeatable_and_graded():
+    dvae = tiny_dvae()
+    model = tiny_transformer(grid=dvae.config.grid_size, text_len=16, image_vocab_size=24, n_layers=2)
+    tok = CharTokenizer()
+    images, grades = evaluate.graded_samples(model, dvae, tok, "a red circle", n=2, top_k=5, top_p=0.9, seed=3)
+    again, _ = evaluate.graded_samples(model, dvae, tok, "a red circle", n=2, top_k=5, top_p=0.9, seed=3)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, again)
+    assert len(grades) == 2 and all(g.gradable for g in grades)
+    _, grades = evaluate.graded_samples(model, dvae, tok, "hello there", n=2, seed=3)
+    assert not any(g.gradable for g in grades)
+
+
+def test_graded_candidates_are_the_images_of_generate_each_graded(models):
+    prompt = "a large red circle in the top left"
+    found = evaluate.graded_candidates(models, prompt, candidates=4, seed=0, device="cpu")
+    kept = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=4, keep=2, seed=0,
+                             clip_model=models.clip, device="cpu")[0]
+    assert found.images.shape == (4, 64, 64, 3) and np.array_equal(found.images[:2], kept.images)
+    assert list(found.scores) == sorted(found.scores, reverse=True)
+    assert [g.reason for g in found.grades] == [grader.grade(image, prompt).reason for image in found.images]
+    no_clip = pipeline.Models(models.tokenizer, models.dvae, models.transformer, None)
+    assert evaluate.graded_candidates(no_clip, prompt, candidates=2, device="cpu").scores is None
 
 
 # --- the command line -----------------------------------------------------------------------

@@ -1,29 +1,88 @@
 """The exercise checkers: a right answer passes, a wrong one fails loudly, a missing one gets a hint."""
 
-import pytest
+import math
 
-from dalle_mini_impl import exercises
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _tiny_models import tiny_models
+
+from dalle_mini_impl import evaluate, exercises, grader, pipeline
+from dalle_mini_impl.attention import build_mask
 from dalle_mini_impl.bpe import ByteLevelBPE, get_stats, merge
+from dalle_mini_impl.clip import contrastive_loss, expected_top1_match
+from dalle_mini_impl.dvae import kl_to_uniform, logit_laplace_log_prob
+from dalle_mini_impl.sampling import top_p_filter
+from dalle_mini_impl.transformer import next_token_loss
 
 
 def not_done(*args):
     raise NotImplementedError
 
 
-def test_checkers_accept_the_right_answers(capsys):
-    assert exercises.check_get_stats(get_stats)
-    assert exercises.check_merge(merge)
-    assert capsys.readouterr().out.count("✓ correct") == 2
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
 
 
-def test_checkers_give_a_hint_before_an_attempt(capsys):
-    assert not exercises.check_get_stats(not_done)
-    assert not exercises.check_merge(not_done)
+# --- every checker: a right answer passes, a missing one gets a hint ---------------------------------
+
+
+def gumbel_max(logits, n):
+    return (logits - torch.log(-torch.log(torch.rand(n, len(logits))))).argmax(-1)
+
+
+def exponential_race(logits, n):
+    return (-torch.log(torch.rand(n, len(logits))) / logits.exp()).argmin(-1)
+
+
+def my_kl(logits):
+    log_q = F.log_softmax(logits, dim=1)
+    return (log_q.exp() * (log_q + math.log(logits.shape[1]))).sum(dim=1).flatten(1).sum(1)
+
+
+# (checker, a right answer) for every checker that takes the answer alone, lesson by lesson
+RIGHT_ANSWERS = [
+    (exercises.check_get_stats, get_stats),
+    (exercises.check_merge, merge),
+    (exercises.check_gumbel_max, gumbel_max),
+    (exercises.check_gumbel_max, exponential_race),
+    (exercises.check_logit_laplace_log_prob, logit_laplace_log_prob),
+    (exercises.check_kl_to_uniform, my_kl),
+    (exercises.check_kl_to_uniform, kl_to_uniform),
+    (exercises.check_build_mask, build_mask),
+    (exercises.check_top_p_filter, top_p_filter),
+    (exercises.check_next_token_loss, lambda *args: next_token_loss(*args).loss),
+    (exercises.check_contrastive_loss, contrastive_loss),
+    (exercises.check_expected_top1, expected_top1_match),
+    (exercises.check_recall_at_k, exercises.recall_at_k),
+    (exercises.check_match_rates, exercises.match_rates),
+    (exercises.check_failure_counts, grader.failure_counts),
+]
+
+
+@pytest.mark.parametrize("check,answer", RIGHT_ANSWERS, ids=lambda x: getattr(x, "__name__", ""))
+def test_checkers_accept_the_right_answers(check, answer, capsys):
+    assert check(answer)
+    assert capsys.readouterr().out.count("✓ correct") == 1
+
+
+@pytest.mark.parametrize("check", dict.fromkeys(c for c, _ in RIGHT_ANSWERS), ids=lambda c: c.__name__)
+def test_checkers_give_a_hint_before_an_attempt(check, capsys):
+    assert not check(not_done)
+    assert capsys.readouterr().out.count("not done yet — hint:") == 1
+
+
+def test_a_count_not_given_yet_gets_a_hint(capsys):
     assert not exercises.check_merges_until_single_token(None, tokenizer=None)
-    assert capsys.readouterr().out.count("not done yet — hint:") == 3
+    assert capsys.readouterr().out.count("not done yet — hint:") == 1
 
 
-def test_checkers_reject_wrong_answers():
+# --- lesson 1: BPE --------------------------------------------------------------------------------
+
+
+def test_lesson1_checkers_reject_wrong_answers():
     def overlapping_merge(ids, pair, idx):  # a classic bug: merges "a a a" twice
         return [idx if (a, b) == pair else a for a, b in zip(ids, ids[1:] + [None])]
 
@@ -41,3 +100,136 @@ def test_merges_until_single_token_counts_merges():
     assert exercises.check_merges_until_single_token(k, tok, "aaab")
     with pytest.raises(AssertionError):
         exercises.check_merges_until_single_token(k - 1, tok, "aaab")
+
+
+# --- lesson 2: the dVAE ---------------------------------------------------------------------------
+
+
+def test_lesson2_checkers_reject_wrong_answers():
+    with pytest.raises(AssertionError, match="gumbel_max"):
+        exercises.check_gumbel_max(lambda logits, n: logits.expand(n, -1).argmax(-1))  # no noise: always the mode
+    with pytest.raises(AssertionError, match="gumbel_max"):  # the wrong sign of the noise
+        exercises.check_gumbel_max(
+            lambda logits, n: (logits + torch.log(-torch.log(torch.rand(n, len(logits))))).argmax(-1))
+    with pytest.raises(AssertionError, match="gumbel_max"):
+        exercises.check_gumbel_max(lambda logits, n: gumbel_max(logits, n // 2))
+    with pytest.raises(AssertionError):  # forgot the Jacobian term -ln x - ln(1 - x)
+        exercises.check_logit_laplace_log_prob(
+            lambda x, mu, log_b: -math.log(2) - log_b - (torch.logit(x) - mu).abs() / log_b.exp())
+    with pytest.raises(AssertionError):  # the mean over cells instead of the sum
+        exercises.check_kl_to_uniform(lambda logits: my_kl(logits) / (logits.shape[2] * logits.shape[3]))
+    with pytest.raises(AssertionError, match="shape"):  # per cell, not per image
+        exercises.check_kl_to_uniform(lambda logits: my_kl(logits)[:, None])
+
+
+# --- lesson 3: sparse attention and the transformer -----------------------------------------------
+
+
+def test_lesson3_checkers_reject_wrong_answers():
+    def same_row_only(kind, text_len, grid, kernel):  # the classic misreading of the row mask
+        mask = build_mask(kind, text_len, grid, kernel)
+        if kind == "row":
+            i = torch.arange(grid * grid)
+            mask[text_len:, text_len:] &= (i.view(-1, 1) // grid) == (i.view(1, -1) // grid)
+        return mask
+
+    with pytest.raises(AssertionError, match="build_mask\\('row'"):
+        exercises.check_build_mask(same_row_only)
+
+    def top_p_keeping_one_too_few(logits, p):  # drops the token that crosses p
+        probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        drop = probs.cumsum(-1) > p
+        return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+    with pytest.raises(AssertionError, match="top_p_filter"):
+        exercises.check_top_p_filter(top_p_keeping_one_too_few)
+
+    def equal_weights(text_logits, image_logits, text, codes):  # 1 : 1 instead of 1 : 7
+        return (F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:].flatten())
+                + F.cross_entropy(image_logits.flatten(0, 1), codes.flatten())) / 2
+
+    with pytest.raises(AssertionError, match="expected"):
+        exercises.check_next_token_loss(equal_weights)
+
+
+# --- lesson 4: CLIP and reranking ------------------------------------------------------------------
+
+
+def test_lesson4_checkers_reject_wrong_answers():
+    def one_direction(v, t, s, positives):  # image -> text only, a classic slip
+        logits = s * v @ t.T
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(v)))
+
+    def ignores_positives(v, t, s, positives):
+        return contrastive_loss(v, t, s)
+
+    for wrong in (one_direction, ignores_positives):
+        with pytest.raises(AssertionError, match="expected"):
+            exercises.check_contrastive_loss(wrong)
+
+    def best_of_all(scores, matches, n):  # forgets the subsets: always CLIP's overall favourite
+        return float(matches[np.argmax(scores)])
+
+    with pytest.raises(AssertionError, match="expected"):
+        exercises.check_expected_top1(best_of_all)
+
+    def row_wise(sims, k):  # image -> text instead of text -> image
+        return exercises.recall_at_k(np.asarray(sims).T, k)
+
+    with pytest.raises(AssertionError, match="expected"):
+        exercises.check_recall_at_k(row_wise)
+
+
+def test_recall_at_k_known_answers():
+    assert exercises.recall_at_k([[0.9, 0.6], [0.8, 0.2]], 1) == 0.5
+    assert exercises.recall_at_k([[0.9, 0.6], [0.8, 0.2]], 2) == 1.0
+    assert exercises.recall_at_k(np.ones((3, 3)), 1) == 0.0  # ties count against the caption
+    assert exercises.recall_at_k(torch.eye(3), 1) == 1.0
+
+
+# --- capstone (lesson 5): the whole pipeline, evaluated --------------------------------------------
+
+
+def test_match_rates_reproduce_the_report(models):
+    reports = evaluate.evaluate_splits(models, ("seen", "compositional"), n_prompts=3, candidates=2, keep=1, seed=0,
+                                       progress=False)
+    for report in reports.values():
+        rates = exercises.match_rates(report["prompts"], report["keep"])
+        for key, value in rates.items():
+            assert value == pytest.approx(report["overall"][key])
+
+
+def test_check_generate_accepts_the_pipeline_rebuilt_and_hints_before_an_attempt(models, capsys):
+    def my_generate(prompt, models, candidates, keep, seed):
+        r = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
+                              keep=keep, seed=seed, temperature=1.0, condition_scale=3.0, clip_model=models.clip)[0]
+        return r.images, r.scores
+
+    assert exercises.check_generate(my_generate, models)
+    assert not exercises.check_generate(not_done, models)
+    out = capsys.readouterr().out
+    assert out.count("✓ correct") == 1 and out.count("not done yet — hint:") == 1
+
+
+def test_capstone_checkers_reject_wrong_answers(models):
+    def unranked(prompt, models, candidates, keep, seed):  # forgets to rerank
+        r = pipeline.generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates,
+                              keep=keep, seed=seed, temperature=1.0, condition_scale=3.0)[0]
+        return r.images, np.zeros(keep, np.float32)
+
+    with pytest.raises(AssertionError, match="generate keeps|scores"):
+        exercises.check_generate(unranked, models)
+
+    def first_sample(prompts, keep):  # top-1 in sampling order instead of CLIP's order
+        rates = exercises.match_rates(prompts, keep)
+        rates["top1"] = float(np.mean([r["matches"][0] for r in prompts]))
+        return rates
+
+    with pytest.raises(AssertionError, match="top1"):
+        exercises.check_match_rates(first_sample)
+
+    def counts_ungradable(grades):  # counts None (not stated) as a failure
+        return {name: sum(g.checks[name] is not True for g in grades) for name in grader.CHECKS}
+
+    with pytest.raises(AssertionError, match="expected"):
+        exercises.check_failure_counts(counts_ungradable)

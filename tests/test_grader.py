@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from _near_misses import draw, mixed_scenes, pinched_cross, rounded_diamond, rounded_square, star, teardrop
+from _tiny_models import mismatched_grades
 from dalle_mini_impl import grader as G
 from dalle_mini_impl import shapes as S
 
@@ -330,3 +331,28 @@ def test_a_canvas_of_one_colour_is_no_shape():
     for size in (1, 64, 200):
         g = G.grade(np.full((size, size, 3), S.PALETTE["red"], np.uint8), "a large red square")
         assert not g.match and g.checks["shape"] is False, (size, g.reason)
+
+
+# ---------------------------------------------------------------------------
+# What failed, by check
+# ---------------------------------------------------------------------------
+
+
+def test_failure_reasons_split_the_grader_reason_by_check():
+    blank = np.full((64, 64, 3), 255, np.uint8)
+    why = G.failure_reasons(G.grade(blank, "a red circle"))
+    assert set(why) == {"count", "color", "shape"}
+    assert why["count"] == "expected 1 object(s), found 0 (nothing)" and why["color"] == G.NO_OBJECT
+    image = S.render(S.make_scenes("test", 1, seed=0)[0])
+    assert G.failure_reasons(G.grade(image, S.make_scenes("test", 1, seed=0)[0].caption)) == {}
+    for grade in mismatched_grades()[2]:
+        failed = {name for name, ok in grade.checks.items() if ok is False}
+        assert set(G.failure_reasons(grade)) == failed
+
+
+def test_failure_counts_count_each_check_most_frequent_first():
+    _, _, grades = mismatched_grades()
+    counts = G.failure_counts(grades)
+    assert list(counts) == sorted(counts, key=lambda k: -counts[k]) and set(counts) == set(G.CHECKS)
+    for name, n in counts.items():
+        assert n == sum(g.checks[name] is False for g in grades)

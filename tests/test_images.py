@@ -64,3 +64,12 @@ def test_a_16_bit_png_reads_the_same_everywhere(tmp_path):
     Image.fromarray(np.full((64, 64), 65535, dtype=np.uint16)).save(path)
     assert folder_data.load_image(path, 64).min() == 255  # white, not clipped noise
     assert cli._read_image(path).min() == 255
+
+
+def test_to_uint8_images_converts_both_layouts_and_one_image():
+    chw = torch.ones(2, 3, 8, 8) * 0.5
+    out = images.to_uint8_images(chw)
+    assert out.shape == (2, 8, 8, 3) and out.dtype == np.uint8 and (out == 128).all()
+    hwc = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    assert images.to_uint8_images(hwc) is hwc
+    assert images.to_uint8_images(chw[0]).shape == (8, 8, 3)

@@ -17,8 +17,8 @@ def test_paths_come_from_the_package_location():
 
 
 def test_submodules_import_lazily_and_unknown_names_fail_clearly():
-    assert dmi.viz.visible(" a\n") == "·a⏎"
-    assert "viz" in dir(dmi)
+    assert dmi.bpe.visible(" a\n") == "·a⏎"
+    assert "viz_bpe" in dir(dmi) and callable(dmi.viz_bpe.draw_tokens)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dmi.nope
 

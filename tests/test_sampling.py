@@ -6,6 +6,7 @@ import torch
 from dalle_mini_impl.sampling import (
     cached_image_logits,
     guided_logits,
+    partial_grids,
     pick_next,
     sample,
     sample_reference,
@@ -192,3 +193,26 @@ def test_bad_knobs_fail_clearly():
         sample(model, text[:, :3])
     with pytest.raises(ValueError, match="top_p"):
         sample(model, text, top_p=1.5)
+
+
+# --- watching the grid fill ------------------------------------------------------------
+
+
+def test_the_callback_sees_every_prefix_and_changes_nothing():
+    model = tiny_model()
+    text = captions(model, B=3)
+    seen = []
+    codes = sample(model, text, generator=seeded(0), condition_scale=2.0,
+                   callback=lambda j, prefix: seen.append((j, prefix)))
+    plain = sample(model, text, generator=seeded(0), condition_scale=2.0)
+    assert torch.equal(codes, plain)
+    N = model.config.n_image
+    assert [j for j, _ in seen] == list(range(N))
+    for j, prefix in seen:
+        assert prefix.shape == (3, j + 1)
+        assert torch.equal(prefix, codes.flatten(1)[:, :j + 1])
+
+
+def test_partial_grids_fill_the_cells_not_drawn_yet():
+    grids = partial_grids([torch.tensor([5]), torch.tensor([5, 6, 7])], grid=2, fill_code=0)
+    assert grids.tolist() == [[[5, 0], [0, 0]], [[5, 6], [7, 0]]]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from dalle_mini_impl.transformer import (
     DalleTransformer,
     TransformerConfig,
+    attention_weights,
     drop_captions,
     empty_text,
     encode_captions,
@@ -175,6 +176,42 @@ def test_bad_inputs_fail_with_the_fix():
         model(text, codes + 100)
     with pytest.raises(ValueError, match="full grid"):
         model.loss(text, codes[:, :10])
+
+
+# --- attention maps ---------------------------------------------------------------
+
+
+def test_attention_weights_are_the_layers_own_probabilities():
+    torch.manual_seed(0)
+    config = tiny()
+    model = DalleTransformer(config).eval()
+    text, codes = batch(config, B=2)
+    maps = model.attention_maps(text, codes)
+    S = config.seq_len
+    assert len(maps) == config.n_layers
+    for block, A in zip(model.blocks, maps):
+        assert A.shape == (2, config.n_heads, S, S)
+        torch.testing.assert_close(A.sum(-1), torch.ones(2, config.n_heads, S))
+        assert (A[:, :, ~block.attn.mask] == 0).all(), "no weight outside the mask"
+    # the weights reproduce the layer's output: proj(A V) == attn(x)
+    block = model.blocks[1]
+    x = block.ln_1(torch.randn(2, S - 1, config.d_model))
+    A = attention_weights(block.attn, x)  # (B, nh, T, T)
+    d, nh = config.d_model, config.n_heads
+    v = block.attn.qkv(x).split(d, dim=2)[2].view(2, S - 1, nh, d // nh).transpose(1, 2)  # (B, nh, T, hs)
+    y = block.attn.proj((A @ v).transpose(1, 2).reshape(2, S - 1, d))
+    with torch.no_grad():
+        torch.testing.assert_close(y, block.attn(x), atol=1e-5, rtol=1e-4)
+
+
+def test_attention_maps_match_the_forward_pass_for_a_partial_grid():
+    torch.manual_seed(0)
+    config = tiny(layer_masks=("row", "column", "conv", "causal"))
+    model = DalleTransformer(config).eval()
+    text, _ = batch(config, B=1)
+    maps = model.attention_maps(text, torch.tensor([[3, 4, 5]]))
+    assert maps[0].shape == (1, 4, 8 + 3, 8 + 3)
+    assert model.attention_maps(text)[0].shape == (1, 4, 8, 8)
 
 
 # --- the loss ---------------------------------------------------------------------
