@@ -60,6 +60,84 @@ NEW_TEXT = ("a small yellow circle in the center", "a large blue square at the b
 # ---------------------------------------------------------------------------
 
 
+class _Names(ast.NodeVisitor):
+    """The global names a piece of code reads and binds; comprehension, lambda and function locals left out.
+
+    Example: ``y = [x for x in xs]`` reads {'xs'} and binds {'y'}.
+    """
+
+    def __init__(self):
+        self.used, self.bound = set(), set()  # name
+        self.scopes = []  # the local names of each enclosing function, lambda or comprehension
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load):
+            if not any(node.id in scope for scope in self.scopes):
+                self.used.add(node.id)
+        elif self.scopes:
+            self.scopes[-1].add(node.id)
+        else:
+            self.bound.add(node.id)
+
+    def visit_Import(self, node):
+        names = {(a.asname or a.name).split(".")[0] for a in node.names}
+        (self.scopes[-1] if self.scopes else self.bound).update(names)
+
+    visit_ImportFrom = visit_Import
+
+    def visit_AugAssign(self, node):  # x += 1 reads x, then binds it
+        if isinstance(node.target, ast.Name):
+            self.visit_Name(ast.Name(node.target.id, ast.Load()))
+        self.generic_visit(node)
+
+    def _local(self, node, args=None):
+        if not self.scopes and hasattr(node, "name"):
+            self.bound.add(node.name)
+        for d in getattr(node, "decorator_list", []):
+            self.visit(d)
+        names = {a.arg for a in ast.walk(args) if isinstance(a, ast.arg)} if args is not None else set()
+        self.scopes.append(names)
+        for child in (node.body if isinstance(node.body, list) else [node.body]):
+            self.visit(child)
+        self.scopes.pop()
+
+    def visit_FunctionDef(self, node):
+        for d in node.args.defaults + node.args.kw_defaults:
+            if d is not None:
+                self.visit(d)
+        self._local(node, node.args)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node):
+        self._local(node, node.args)
+
+    def visit_ClassDef(self, node):
+        for b in node.bases:
+            self.visit(b)
+        self._local(node)
+
+    def _comprehension(self, node):
+        self.scopes.append(set())
+        for gen in node.generators:
+            self.visit(gen)
+        for part in ("elt", "key", "value"):
+            if hasattr(node, part):
+                self.visit(getattr(node, part))
+        self.scopes.pop()
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
+
+_MAYBE = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With)  # statements that may not bind
+
+
+def _names(node: ast.AST) -> _Names:
+    names = _Names()
+    names.visit(node)
+    return names
+
+
 def _bound_names(tree: ast.Module) -> tuple[set[str], set[str]]:
     """Names a cell binds: (surely, maybe). Bindings inside if/for/while/try/with are only 'maybe'.
 
@@ -67,22 +145,23 @@ def _bound_names(tree: ast.Module) -> tuple[set[str], set[str]]:
     """
     surely, maybe = set(), set()  # name
     for stmt in tree.body:
-        into = maybe if isinstance(stmt, (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With)) else surely
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            into.update((a.asname or a.name).split(".")[0] for a in stmt.names)
-        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            into.add(stmt.name)
-            continue  # names bound inside a function body are its own
-        for node in ast.walk(stmt):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                into.add(node.id)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                into.update((a.asname or a.name).split(".")[0] for a in node.names)
+        into = maybe if isinstance(stmt, _MAYBE) else surely
+        into.update(_names(stmt).bound)
     return surely, maybe
 
 
 def _used_names(tree: ast.Module) -> set[str]:
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    """Names a cell reads before binding them itself: what it needs from earlier cells.
+
+    Example: ``fig, ax = plt.subplots(); ax.plot(x)`` -> {'plt', 'x'}
+    """
+    used, bound = set(), set()  # name
+    for stmt in tree.body:
+        names = _names(stmt)
+        used |= names.used - bound
+        if not isinstance(stmt, _MAYBE):
+            bound |= names.bound
+    return used
 
 
 def widget_slice(cells: list[dict]) -> list[int]:
@@ -92,7 +171,7 @@ def widget_slice(cells: list[dict]) -> list[int]:
     and every cell that calls ``dmi.widgets.``;
     for each name a kept cell uses, keep the latest earlier cell that binds it
     (and earlier ones too while that binding is only a 'maybe', or the cell
-    also reads the name, as in ``x = f(x)``). A cell that only mutates an
+    reads the name before binding it, as in ``x = f(x)``). A cell that only mutates an
     object (``model.train()``) binds nothing, so it is left out: the widgets
     then show the shipped models as loaded, which is all this test needs.
 
@@ -141,8 +220,8 @@ def lesson_for_browser(src: Path, dest: Path, full: bool) -> tuple[int, int]:
 
 def test_widget_slice_keeps_what_widgets_need():
     cells = [{"cell_type": "code", "source": s} for s in
-             ["import dalle_mini_impl as dmi\nimport a", "b = a.f()", "slow = a.g()",
-              "if a.c:\n    b = 2", "dmi.widgets.w(b)"]]
+             ["import dalle_mini_impl as dmi\nimport a", "b = a.f()", "slow = a.g()\nq = 1",
+              "if a.c:\n    b = 2", "dmi.widgets.w(b, [q for q in b], lambda slow: slow)"]]
     assert widget_slice(cells) == [0, 1, 3, 4]
     assert widget_slice([{"cell_type": "code", "source": "setup = 1"}] + cells) == [0, 1, 2, 4, 5]
 
@@ -225,8 +304,9 @@ class Server:
             self.api(f"/api/kernels/{kernel['id']}", method="DELETE")
 
     def page_url(self, name: str) -> str:
-        where = f"/lab/tree/{name}" if self.frontend == "lab" else f"/notebooks/{name}"
-        return f"{self.url}{where}?token={self.token}"
+        if self.frontend == "lab":  # a fresh workspace per lesson, so no other notebook is restored beside it
+            return f"{self.url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={self.token}"
+        return f"{self.url}/notebooks/{name}?token={self.token}"
 
 
 def _server_command(frontend: str, port: int, token: str, root: Path) -> list[str]:
@@ -398,7 +478,8 @@ def _problems(cells: list[dict]) -> list[str]:
 
 
 def _wait_for_all_cells(page, server: Server, name: str):
-    deadline = time.monotonic() + RUN_ALL_TIMEOUT
+    started = time.monotonic()
+    deadline = started + RUN_ALL_TIMEOUT
     while True:
         cells = _cells(page, server)
         problems = _problems(cells)
@@ -407,6 +488,8 @@ def _wait_for_all_cells(page, server: Server, name: str):
             pytest.fail(f"{name}: a cell failed in the browser:\n" + "\n".join(problems))
         if all(c["count"] is not None for c in cells) and not busy:
             return cells
+        if not busy and all(c["count"] is None for c in cells) and time.monotonic() > started + 60:
+            pytest.fail(f"{name}: Run All Cells started no cell in 60 s")
         if time.monotonic() > deadline:
             waiting = [i + 1 for i, c in enumerate(cells) if c["count"] is None]
             pytest.fail(f"{name}: code cells {waiting} had not run after {RUN_ALL_TIMEOUT} s")
@@ -472,7 +555,7 @@ def _pick(control) -> str:
     select.scroll_into_view_if_needed()
     options = select.locator("option").all_inner_texts()
     now = select.evaluate("s => s.selectedIndex")
-    target = 0 if now != 0 else 1
+    target = now - 1 if now > 0 else 1  # the option just above, or the second one
     select.select_option(index=target)
     assert select.evaluate("s => s.selectedIndex") == target
     return f"pick {options[now].strip()!r} → {options[target].strip()!r}"
@@ -506,7 +589,10 @@ def _wait_for_new_output(server: Server, view, before: str, what: str) -> dict:
             last = None
             time.sleep(0.25)
     now = view.evaluate(_OUTPUT_PRINT)
-    pytest.fail(f"{what}: the output did not change within {OUTPUT_TIMEOUT} s (it shows {now['text'][:200]!r})")
+    shot = server.root / "failed.png"
+    view.page.screenshot(path=str(shot))
+    pytest.fail(f"{what}: the output did not change within {OUTPUT_TIMEOUT} s "
+                f"(it shows {now['text'][:200]!r}; screenshot: {shot})")
 
 
 def _describe(out: dict) -> str:
