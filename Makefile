@@ -65,18 +65,11 @@ $(COLAB_STAMP): pyproject.toml
 	touch $(COLAB_STAMP)
 
 colab-stack: $(COLAB_STAMP)  ## Colab's pinned notebook stack in .venv-colab: every lesson top to bottom, then the browser test on the classic Notebook
-	@mkdir -p $(COLAB_OUT); failed=""; \
-	for nb in $(NOTEBOOKS); do \
-	  start=$$(date +%s); \
-	  if $(COLAB_VENV)/bin/jupyter nbconvert --to notebook --execute --output-dir $(COLAB_OUT) \
-	       --ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.kernel_name=python3 "$$nb" \
-	       >$(COLAB_OUT)/$$(basename $$nb .ipynb).log 2>&1; \
-	  then echo "ok      $$nb ($$(( $$(date +%s) - start )) s)"; \
-	  else echo "FAILED  $$nb: see $(COLAB_OUT)/$$(basename $$nb .ipynb).log"; tail -n 25 $(COLAB_OUT)/$$(basename $$nb .ipynb).log; failed="$$failed $$nb"; fi; \
-	done; \
+	@status=0; \
+	$(COLAB_PY) tools/run_lessons.py $(NOTEBOOKS) --out $(COLAB_OUT) || status=1; \
 	DMI_REQUIRE_BROWSER=1 DMI_BROWSER_FRONTEND=classic $(COLAB_PY) -m pytest tests/test_browser.py tests/test_colab_setup.py -v \
-	  || failed="$$failed tests/test_browser.py(classic)"; \
-	if [ -n "$$failed" ]; then echo "broke on Colab's stack:$$failed"; exit 1; fi
+	  || status=1; \
+	exit $$status
 
 lab: $(STAMP)  ## JupyterLab on the course
 	$(VENV)/bin/jupyter lab notebooks
