@@ -52,10 +52,12 @@ COLAB_VENV   ?= .venv-colab
 COLAB_PY     := $(COLAB_VENV)/bin/python
 COLAB_STAMP  := $(COLAB_VENV)/.installed
 COLAB_OUT    ?= .cache/colab-stack
-COLAB_PINS   := ipywidgets==7.7.1 widgetsnbextension==3.6.10 ipython==7.34.0 ipykernel==6.17.1 notebook==6.5.7 \
+# widgetsnbextension 3.6.1 is the release that shipped with ipywidgets 7.7.1: with the newest 3.6.x (3.6.10)
+# the classic Notebook cannot draw any interact view ("n._deserialize_state is not a function").
+COLAB_PINS   := ipywidgets==7.7.1 widgetsnbextension==3.6.1 ipython==7.34.0 ipykernel==6.17.1 notebook==6.5.7 \
                 jupyter-server==2.11.2 tornado==6.4.2
 
-$(COLAB_STAMP): pyproject.toml
+$(COLAB_STAMP): pyproject.toml Makefile
 	test -x $(COLAB_PY) || { $(COLAB_PYTHON) -m venv $(COLAB_VENV) && echo '*' > $(COLAB_VENV)/.gitignore; }
 	$(COLAB_PY) -c "import torch" 2>/dev/null || $(COLAB_PY) -m pip install -q "torch==2.13.0"
 	# The package and the test tools in one resolve, so that nothing moves the pins.
