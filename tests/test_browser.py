@@ -645,7 +645,7 @@ IGNORED_CONSOLE = (
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
-def test_lesson_widgets_in_browser(lesson, server, browser):
+def test_lesson_widgets_in_browser(lesson, browser, server):
     start = time.monotonic()
     name = lesson.name
     cells_src = json.loads((server.root / name).read_text(encoding="utf-8"))["cells"]
