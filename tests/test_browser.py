@@ -269,6 +269,9 @@ def _chromium() -> str | None:
     return None
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # to 127.0.0.1, never through a proxy
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -290,7 +293,7 @@ class Server:
     def api(self, path: str, method: str = "GET"):
         sep = "&" if "?" in path else "?"
         req = urllib.request.Request(f"{self.url}{path}{sep}token={self.token}", method=method)
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with _DIRECT.open(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
 
@@ -553,12 +556,12 @@ def _drag(page, control) -> str:
 def _pick(control) -> str:
     select = control.locator("select").first
     select.scroll_into_view_if_needed()
-    options = select.locator("option").all_inner_texts()
+    options = [o.replace("\xa0", " ").strip() for o in select.locator("option").all_inner_texts()]
     now = select.evaluate("s => s.selectedIndex")
     target = now - 1 if now > 0 else 1  # the option just above, or the second one
     select.select_option(index=target)
     assert select.evaluate("s => s.selectedIndex") == target
-    return f"pick {options[now].strip()!r} → {options[target].strip()!r}"
+    return f"pick {options[now]!r} → {options[target]!r}"
 
 
 def _type(control) -> str:
