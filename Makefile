@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PROMPT ?= a small blue square to the left of a large red circle
 
-.PHONY: help install demo test unit nbval browser colab-stack lab notebooks bench clean
+.PHONY: help install demo test unit nbval browser colab-stack gpu-check lab notebooks bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -72,6 +72,9 @@ colab-stack: $(COLAB_STAMP)  ## Colab's pinned notebook stack in .venv-colab: ev
 	DMI_REQUIRE_BROWSER=1 DMI_BROWSER_FRONTEND=classic $(COLAB_PY) -m pytest tests/test_browser.py tests/test_colab_setup.py -v \
 	  || status=1; \
 	exit $$status
+
+gpu-check: $(STAMP)  ## on a GPU (e.g. Colab's): precision, flex vs dense attention, steps/s per preset, KV cache == recompute
+	$(PY) bench/gpu_check.py
 
 lab: $(STAMP)  ## JupyterLab on the course
 	$(VENV)/bin/jupyter lab notebooks
