@@ -701,9 +701,10 @@ def add_train_clip(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-clip", help="train CLIP (captions <-> images in one space) on fresh Shapes pairs")
     _add_training_flags(p, "clip", steps=1500, batch_size=128, batch_help="pairs per step, the negatives of InfoNCE",
                         precision_help="auto: bf16 autocast on a GPU, fp32 on a CPU (a CLIP step is no faster there)")
-    p.add_argument("--hard-negatives", action="store_true",
+    p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
                    help="add, for every pair, its caption with one stated attribute changed (half the time the "
-                        "relation reversed) as an extra wrong answer: teaches CLIP to read relations")
+                        "relation reversed) as an extra wrong answer: teaches CLIP to read relations "
+                        "(default: on, as in both presets)")
     p.set_defaults(func=run_train_clip, parser=p)
 
 
@@ -718,7 +719,8 @@ def run_train_clip(args: argparse.Namespace) -> int:
     _check_out(args)
     _set_aside_for_overwrite(args)
     try:
-        config = CLIPConfig.preset(args.preset, hard_negatives=args.hard_negatives)
+        overrides = {} if args.hard_negatives is None else {"hard_negatives": args.hard_negatives}
+        config = CLIPConfig.preset(args.preset, **overrides)
         model = train_clip(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:

@@ -148,10 +148,11 @@ class CLIPConfig:
 
     @classmethod
     def preset(cls, name: str = "cpu", **overrides) -> "CLIPConfig":
-        """``cpu``: d = 128, 2 + 2 layers. ``gpu``: d = 256, 4 + 4 layers, for a GPU."""
+        """``cpu``: d = 128, 2 + 2 layers. ``gpu``: d = 256, 4 + 4 layers, for a GPU. Both train with hard negatives."""
         presets = {
-            "cpu": dict(),
-            "gpu": dict(stem_width=64, d_model=256, n_heads=8, text_layers=4, image_layers=4, embed_dim=256, lr=5e-4),
+            "cpu": dict(hard_negatives=True),
+            "gpu": dict(stem_width=64, d_model=256, n_heads=8, text_layers=4, image_layers=4, embed_dim=256, lr=5e-4,
+                        hard_negatives=True),
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
