@@ -156,15 +156,19 @@ def draw_mask_explorer(kind: str = "row", query: int | None = None, text_len: in
 
 
 def draw_attention_map(maps, layer: int = 0, head: int | None = None, cell: tuple[int, int] = (3, 4),
-                       text_len: int = 32, grid: int = 8, image=None, text_labels=None, mask_kinds=None):
+                       text_len: int = 32, grid: int = 8, image=None, text_labels=None, mask_kinds=None,
+                       pad_label: str = "<pad>"):
     """Where one query looks: the attention probabilities of the position holding ``cell``, in one layer.
 
     ``maps``: ``model.attention_maps(text, codes)`` for one example, a list of
     L tensors (1, nh, T, T) or (nh, T, T), T = Lt + N. ``head`` None averages
     the heads. Left: the weights on the image keys as a heat map over the grid
-    (over ``image`` when given; later cells, which the query cannot see, stay
-    clear), the query's cell outlined. Right: the weights on the caption's
-    tokens (``text_labels``, one per text position). Returns ``(fig, (ax_grid, ax_text))``.
+    (light = little, dark = much), over ``image`` drawn faded when given; cells
+    the query cannot see (later ones, or outside this layer's mask) stay clear,
+    and the query's cell is outlined; the colour scale runs from 0 to the query's
+    largest weight on any key, text included. Right: the weights on the caption's tokens
+    (``text_labels``, one per text position), the words in blue and the pads
+    (``pad_label``) in grey. Returns ``(fig, (ax_grid, ax_text))``.
     """
     weights = _as_numpy(maps[layer]).astype(np.float64)
     if weights.ndim == 4:
@@ -182,19 +186,22 @@ def draw_attention_map(maps, layer: int = 0, head: int | None = None, cell: tupl
     heat = image_part.reshape(grid, grid)  # (G, G)
 
     fig, (ax_grid, ax_text) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2.3]})
-    vmax = max(float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0, 1e-6)
+    # One scale for both panels (0 to this query's largest weight on any key), so that image weights of 1e-6
+    # beside a word holding 0.98 stay light rather than filling the colour bar.
+    vmax = max(float(row.max()), 1e-6)
+    cmap = "Purples"  # 0 is near white, so the picture under a weak weight stays visible
     if image is not None:
-        img = to_uint8_images(image)  # (H, W, 3)
+        img = to_uint8_images(image).astype(np.float64)  # (H, W, 3)
         H = img.shape[0]
-        ax_grid.imshow(img.mean(axis=-1), cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # grey, under the heat
-        im = ax_grid.imshow(heat, cmap="magma", vmin=0, vmax=vmax, alpha=0.7, extent=(-0.5, H - 0.5, H - 0.5, -0.5),
+        ax_grid.imshow((255 - 0.45 * (255 - img)).astype(np.uint8), interpolation="nearest")  # faded, in colour
+        im = ax_grid.imshow(heat, cmap=cmap, vmin=0, vmax=vmax, alpha=0.75, extent=(-0.5, H - 0.5, H - 0.5, -0.5),
                             interpolation="nearest")
         cell_px = H / grid
     else:
-        im = ax_grid.imshow(heat, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        im = ax_grid.imshow(heat, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         cell_px = 1.0
     ax_grid.add_patch(plt.Rectangle((c * cell_px - 0.5, r * cell_px - 0.5), cell_px, cell_px, fill=False,
-                                    edgecolor="#22d3ee", linewidth=2))
+                                    edgecolor="#f97316", linewidth=2))
     ax_grid.set_xticks([])
     ax_grid.set_yticks([])
     fig.colorbar(im, ax=ax_grid, fraction=0.046, pad=0.03)
@@ -203,12 +210,14 @@ def draw_attention_map(maps, layer: int = 0, head: int | None = None, cell: tupl
     ax_grid.set_title(f"layer {layer}{kind}, {who}\nimage keys: {np.nansum(image_part):.0%}", fontsize=9)
 
     x = np.arange(text_len)
-    ax_text.bar(x, text_part, color="#60a5fa")
     labels = [visible(t) for t in text_labels] if text_labels is not None else [str(i) for i in x]
+    is_pad = np.array([text_labels is not None and t == pad_label for t in (text_labels or [None] * text_len)])
+    ax_text.bar(x, text_part, color=np.where(is_pad, "#cbd5e1", "#2563eb"))
     ax_text.set_xticks(x, labels, rotation=90, fontsize=7)
     ax_text.set_xlim(-0.6, text_len - 0.4)
     ax_text.set_ylabel("attention")
-    ax_text.set_title(f"query at cell ({r}, {c}): text keys {text_part.sum():.0%}", fontsize=9, loc="left")
+    split = f" (words {text_part[~is_pad].sum():.0%}, pads {text_part[is_pad].sum():.0%})" if is_pad.any() else ""
+    ax_text.set_title(f"query at cell ({r}, {c}): text keys {text_part.sum():.0%}{split}", fontsize=9, loc="left")
     fig.tight_layout()
     return fig, (ax_grid, ax_text)
 

@@ -61,6 +61,14 @@ def test_draw_attention_map_shows_one_query_row():
     assert np.isnan(heat[~allowed]).all(), "keys outside the mask and later cells stay clear"
     np.testing.assert_allclose([b.get_height() for b in ax_text.patches], row[:8], rtol=1e-6)
     assert "column" in ax_grid.get_title()
+    assert ax_grid.images[0].get_clim() == (0, row.max()), "one colour scale for image and text keys"
+    # the pads in grey, apart from the words
+    labels = ["<bos>", "a", "b"] + ["<pad>"] * 5
+    _, (_, ax_text) = viz_transformer.draw_attention_map(maps, layer=1, head=2, cell=cell, text_len=8, grid=4,
+                                                         text_labels=labels)
+    colours = [tuple(b.get_facecolor()) for b in ax_text.patches]
+    assert colours[3] == colours[7] != colours[0] == colours[2]
+    assert f"words {row[:3].sum():.0%}, pads {row[3:8].sum():.0%}" in ax_text.get_title(loc="left")
     # the mean of the heads, over an image
     image = np.full((32, 32, 3), 255, dtype=np.uint8)
     _, (ax_grid, _) = viz_transformer.draw_attention_map(maps, layer=0, head=None, cell=cell, text_len=8, grid=4,
