@@ -29,7 +29,7 @@ CACHE_DIR = Path(os.environ.get("DMI_CACHE_DIR", REPO_DIR / ".cache"))
 
 _SUBMODULES = {
     "shapes", "grader", "bpe", "dvae", "attention", "transformer", "sampling", "clip",
-    "checkpoints", "images", "train_common", "train_dvae", "train_transformer", "train_clip", "pipeline", "evaluate",
+    "checkpoints", "defaults", "images", "train_common", "train_dvae", "train_transformer", "train_clip", "pipeline", "evaluate",
     "folder_data", "distributed", "train_all",
     "viz_common", "viz_bpe", "viz_dvae", "viz_transformer", "viz_clip", "viz_pipeline", "widgets", "exercises", "cli",
 }

@@ -360,25 +360,38 @@ def check_generate(fn: Callable, models) -> bool:
     """``fn(prompt, models, candidates, keep, seed)`` -> ``(images, scores)``: the pipeline rebuilt from its parts.
 
     Tokenize, sample ``candidates`` code grids with one ``torch.Generator``
-    seeded with ``seed`` (temperature 1, condition scale 3), decode them, rerank
+    seeded with ``seed`` (the package's default temperature and condition scale,
+    ``defaults.TEMPERATURE`` and ``defaults.CONDITION_SCALE``), decode them, rerank
     with ``models.clip`` and keep the best ``keep``: uint8 images (K, H, W, C)
-    and their float scores (K,). Compared with ``pipeline.generate``.
+    and their float scores (K,). Compared with ``pipeline.generate``, which the
+    attempt itself may not call.
     """
     import numpy as np
 
-    from .pipeline import generate
+    from . import pipeline
+    from .defaults import CONDITION_SCALE, TEMPERATURE
+
+    generate = pipeline.generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generate: rebuild it from its parts, without calling pipeline.generate")
 
     device = str(models.transformer.image_head.weight.device)
     cases = [("a large red circle in the top left", 4, 2, 0), ("a small blue square to the left of a green cross", 3, 3, 1)]
     for prompt, candidates, keep, seed in cases:
-        got = _attempt(fn, prompt, models, candidates, keep, seed)
+        pipeline.generate = refuse
+        try:
+            got = _attempt(fn, prompt, models, candidates, keep, seed)
+        finally:
+            pipeline.generate = generate
         if got is None:
             return _report("generate", None, "encode_captions -> repeat N times -> sampling.sample_images "
-                           "(generator=torch.Generator(device).manual_seed(seed), condition_scale=3.0) -> "
-                           "clip.rerank -> the first K")
+                           "(generator=torch.Generator(device).manual_seed(seed), temperature=defaults.TEMPERATURE, "
+                           "condition_scale=defaults.CONDITION_SCALE) -> clip.rerank -> the first K")
         images, scores = got
         want = generate(prompt, models.transformer, models.dvae, models.tokenizer, candidates=candidates, keep=keep,
-                        seed=seed, temperature=1.0, condition_scale=3.0, clip_model=models.clip, device=device)[0]
+                        seed=seed, temperature=TEMPERATURE, condition_scale=CONDITION_SCALE, clip_model=models.clip,
+                        device=device)[0]
         where = f"{prompt!r}, N = {candidates}, K = {keep}, seed {seed}"
         images = np.asarray(images)
         assert images.shape == want.images.shape, f"{where}: images of shape {images.shape}, expected {want.images.shape}"

@@ -59,14 +59,28 @@ def plot_evaluation(reports: dict, title: str | None = None):
     return fig, axes
 
 
-def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int = 4, scale: float = 1.1):
+def _fit_lines(text: str, width: int, max_lines: int) -> str:
+    """``text`` wrapped to ``width`` characters, at most ``max_lines`` lines; a cut ends in "…" at a word."""
+    lines = textwrap.wrap(text, width)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = textwrap.shorten(lines[-1] + " …", width, placeholder=" …")
+        if not lines[-1].endswith("…"):
+            lines[-1] += " …"
+    return "\n".join(lines)
+
+
+def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int = 4, scale: float = 1.45):
     """What breaks: one row per check that failed, most frequent first, with examples.
 
     Left of each row, how many of the images fail that check (out of those
     whose caption states it); then up to ``per_check`` images that fail it,
-    with their caption above and the grader's explanation for that check below.
+    with their caption above and the grader's explanation for that check below
+    (each object's reason on its own lines; a long one ends in "…" at a word).
     ``images``: one per caption (e.g. CLIP's top-1); ``grades``: their
-    ``grader.grade``. Returns ``(fig, axes)``; a gallery without failures draws one line saying so.
+    ``grader.grade``. ``scale``: an image's side in inches (four per row fit a
+    ~1,000 px notebook column). Returns ``(fig, axes)``; a gallery without
+    failures draws one line saying so.
     """
     imgs = to_uint8_images(images)
     if not (len(imgs) == len(captions) == len(grades)):
@@ -79,10 +93,12 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
         ax.text(0, 0.5, f"no failures among {len(grades)} images", fontsize=10, va="center")
         return fig, np.array([[ax]])
     rows = len(counts)
-    cap_h, why_h, gap = 0.42, 0.42, 0.1
+    cap_h, why_h, gap = 0.5, 0.85, 0.08  # inches: 3 caption lines, up to 6 reason lines
+    cell_w = scale + 0.6  # room for the text under an image to run wider than it
+    chars = int(cell_w * 15)  # characters per line at 7.5 pt
     row_h = cap_h + scale + why_h + gap
-    label_w = 1.5
-    width = label_w + per_check * (scale + 0.35) + 0.1
+    label_w = 1.3
+    width = label_w + per_check * cell_w
     height = rows * row_h + 0.1
     fig = plt.figure(figsize=(width, height))
     axes = np.empty((rows, per_check + 1), dtype=object)
@@ -94,15 +110,15 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
         stated = sum(g.gradable and g.checks[name] is not None for g in grades)
         ax = axes[r, 0] = fig.add_axes([0.05 / width, y0 / height, (label_w - 0.1) / width, scale / height])
         ax.axis("off")
-        ax.text(0.0, 0.6, name, fontsize=11, weight="bold", va="center", color=BAD)
-        ax.text(0.0, 0.35, f"fails in {n} of {stated}\nimages that state it", fontsize=7.5, va="center")
+        ax.text(0.0, 0.6, name, fontsize=12, weight="bold", va="center", color=BAD)
+        ax.text(0.0, 0.35, f"fails in {n} of {stated}\nimages that\nstate it", fontsize=9, va="center")
         failing = [i for i, g in enumerate(grades) if g.gradable and g.checks[name] is False]
         # examples whose failure the grader explains for this very check first, then ones not shown yet
         failing.sort(key=lambda i: (name not in explained[i], i in shown))
         failing = failing[:per_check]
         shown.update(failing)
         for c in range(per_check):
-            x0 = label_w + c * (scale + 0.35)
+            x0 = label_w + c * cell_w + (cell_w - scale) / 2
             ax = axes[r, 1 + c] = fig.add_axes([x0 / width, y0 / height, scale / width, scale / height])
             frame(ax)
             if c >= len(failing):
@@ -110,9 +126,12 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
                 continue
             i = failing[c]
             ax.imshow(imgs[i], interpolation="nearest")
-            ax.text(0.5, 1.03, "\n".join(textwrap.wrap(captions[i], 26)[:3]), transform=ax.transAxes, ha="center",
-                    va="bottom", fontsize=5.5)
-            why = reasons[i].get(name, "")
-            ax.text(0.5, -0.03, "\n".join(textwrap.wrap(why, 30)[:3]), transform=ax.transAxes, ha="center",
-                    va="top", fontsize=5.2, color=BAD)
+            ax.text(0.5, 1.03, _fit_lines(captions[i], chars, 3), transform=ax.transAxes, ha="center",
+                    va="bottom", fontsize=8)
+            parts = reasons[i].get(name, "").split("; ")  # one reason per object
+            per = 5 if len(parts) == 1 else 3
+            why = "\n".join(_fit_lines(part, chars, per) for part in parts[:2])
+            if len(parts) > 2:
+                why += "\n…"
+            ax.text(0.5, -0.03, why, transform=ax.transAxes, ha="center", va="top", fontsize=7.5, color=BAD)
     return fig, axes
