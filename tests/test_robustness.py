@@ -61,6 +61,27 @@ def _start_and_kill(out, images, cache, when_exists, timeout=120.0):
     assert child.returncode == -signal.SIGKILL, f"the child ended on its own ({child.returncode}): {err.decode()[-2000:]}"
 
 
+def test_a_real_ctrl_c_while_training_exits_130_with_the_resume_hint_and_no_traceback(tmp_path):
+    """SIGINT to a real `dalle-mini-impl train-clip` process, as a terminal's Ctrl-C sends it."""
+    out = tmp_path / "clip"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_DIR)}
+    child = subprocess.Popen([sys.executable, "-m", "dalle_mini_impl.cli", "train-clip", "--steps", "100000",
+                              "--batch-size", "4", "--threads", "1", "--out", str(out)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # until the loop has taken its first steps
+    assert child.poll() is None, f"the child ended on its own: {child.communicate()[1].decode()[-2000:]}"
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    err = err.decode()
+    assert child.returncode == 130, err[-2000:]
+    assert "interrupted; " in err and "Traceback" not in err, err[-2000:]
+    if "no checkpoint was saved yet" not in err:  # (a slow machine may be stopped before the first save)
+        assert "resume with the same command and --resume" in err, err[-2000:]
+        assert (out / checkpoints.STATE_NAME).exists()  # what --resume continues from
+
+
 def test_a_run_killed_twice_with_sigkill_resumes_to_the_same_weights(images, tmp_path):
     out, cache = tmp_path / "killed", tmp_path / "cache"
     # first kill: as soon as the dVAE has saved once; second: as soon as the transformer has
