@@ -221,7 +221,7 @@ def test_check_generate_accepts_the_pipeline_rebuilt_and_hints_before_an_attempt
     assert not exercises.check_generate(not_done, models)
     out = capsys.readouterr().out
     assert out.count("✓ correct") == 1 and out.count("not done yet — hint:") == 1
-    with pytest.raises(AssertionError, match="without calling pipeline.generate"):
+    with pytest.raises(AssertionError, match="calls dmi.pipeline.generate"):
         exercises.check_generate(calls_the_package, models)
     assert pipeline.generate.__name__ == "generate", "the checker puts generate back"
 
@@ -253,3 +253,29 @@ def test_capstone_checkers_reject_wrong_answers(models):
 
     with pytest.raises(AssertionError, match="expected"):
         exercises.check_failure_counts(counts_ungradable)
+
+
+@pytest.mark.parametrize("check, module, name", [
+    (exercises.check_get_stats, "bpe", "get_stats"),
+    (exercises.check_merge, "bpe", "merge"),
+    (exercises.check_logit_laplace_log_prob, "dvae", "logit_laplace_log_prob"),
+    (exercises.check_kl_to_uniform, "dvae", "kl_to_uniform"),
+    (exercises.check_build_mask, "attention", "build_mask"),
+    (exercises.check_top_p_filter, "sampling", "top_p_filter"),
+    (exercises.check_next_token_loss, "transformer", "next_token_loss"),
+    (exercises.check_contrastive_loss, "clip", "contrastive_loss"),
+    (exercises.check_expected_top1, "clip", "expected_top1_match"),
+    (exercises.check_failure_counts, "grader", "failure_counts"),
+])
+def test_an_answer_that_only_calls_the_package_is_refused(check, module, name):
+    import importlib
+
+    package_module = importlib.import_module(f"dalle_mini_impl.{module}")
+    original = getattr(package_module, name)
+
+    def calls_the_package(*args):
+        return getattr(package_module, name)(*args)
+
+    with pytest.raises(AssertionError, match=f"calls dmi.{module}.{name}"):
+        check(calls_the_package)
+    assert getattr(package_module, name) is original, "the checker puts the package function back"
