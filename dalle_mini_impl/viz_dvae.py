@@ -188,7 +188,7 @@ def plot_training(history: dict | None, config, total_steps: int):
 
 
 def draw_reconstructions(originals, reconstructions, captions: Sequence[str] | None = None,
-                         matches: Sequence[bool] | None = None, cols: int = 8, scale: float = 1.3):
+                         matches: Sequence[bool] | None = None, cols: int = 8, scale: float = 1.18):
     """Originals above their reconstructions, the caption over each pair and the grader's verdict under it.
 
     ``matches[i]`` is True when the grader reads ``captions[i]`` back off the
@@ -203,7 +203,7 @@ def draw_reconstructions(originals, reconstructions, captions: Sequence[str] | N
     cols = min(cols, n)
     blocks = (n + cols - 1) // cols
     # Lay out in inches: per block a caption band, two images and a verdict band.
-    cap = 0.32 if captions is not None else 0.05
+    cap = 0.5 if captions is not None else 0.05  # three lines of caption
     mark = 0.25 if matches is not None else 0.05
     gap, margin = 0.05, 0.3
     block_h = cap + 2 * scale + gap + mark
@@ -224,8 +224,8 @@ def draw_reconstructions(originals, reconstructions, captions: Sequence[str] | N
         ax_o.imshow(top[i], interpolation="nearest")
         ax_r.imshow(bottom[i], interpolation="nearest")
         if captions is not None:
-            ax_o.text(0.5, 1.02, "\n".join(textwrap.wrap(captions[i], 24)), transform=ax_o.transAxes, ha="center",
-                      va="bottom", fontsize=5.5)
+            ax_o.text(0.5, 1.02, "\n".join(textwrap.wrap(captions[i], 22)[:3]), transform=ax_o.transAxes,
+                      ha="center", va="bottom", fontsize=7.5)
         if matches is not None:
             ok = bool(matches[i])
             ax_r.text(0.5, -0.02, "✓" if ok else "✗", transform=ax_r.transAxes, ha="center", va="top", fontsize=11,
