@@ -7,8 +7,10 @@ Each lesson runs in a fresh kernel (``python3``) started in ``notebooks/``, as
 executed copies are written to ``--out``; the originals are never touched.
 For each lesson it prints the time it took, or the cell that failed (its
 number among the code cells, its first line, and the error); a cell still
-running after ``--timeout`` seconds counts as failed. Exit status 1 when any
-lesson failed.
+running after ``--timeout`` seconds counts as failed. A lesson whose kernel
+died or stopped answering (a timeout, not an error in a cell) is run once more
+in a new kernel (``--retries``), and says so. Exit status 1 when any lesson
+failed.
 """
 
 from __future__ import annotations
@@ -57,11 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lessons", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path(".cache/lessons"), help="where the executed copies go")
     parser.add_argument("--timeout", type=int, default=900, help="seconds one cell may take")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="new kernels for a lesson whose kernel died or stopped answering (default: 1)")
     args = parser.parse_args(argv)
     failed = []
     for lesson in args.lessons:
         start = time.monotonic()
         problem = run_lesson(lesson, args.out, args.timeout)
+        for _ in range(args.retries):
+            if problem is None or not any(kind in problem for kind in ("CellTimeoutError", "DeadKernelError")):
+                break
+            print(f"retry   {lesson}: {problem.splitlines()[0]}", flush=True)
+            problem = run_lesson(lesson, args.out, args.timeout)
         took = time.monotonic() - start
         if problem is None:
             print(f"ok      {lesson} ({took:.0f} s)", flush=True)
