@@ -89,7 +89,7 @@ def draw_gumbel_softmax(logits, tau: float = 1.0, hard: bool = False, n_samples:
     taus = np.geomspace(0.05, 5.0, 25) if taus is None else np.asarray(taus)
     sharpness = gumbel_softmax_sharpness(logits, taus, seed=seed + 1)
 
-    fig, axes = plt.subplots(1, n_samples + 2, figsize=(2.0 * (n_samples + 2), 2.3),
+    fig, axes = plt.subplots(1, n_samples + 2, figsize=(1.6 * (n_samples + 2), 2.3),
                              gridspec_kw={"width_ratios": [1] * (n_samples + 1) + [1.3]})
     x = np.arange(K)
     axes[0].bar(x, logits.softmax(-1).numpy(), color="#94a3b8")
@@ -158,7 +158,7 @@ def plot_training(history: dict | None, config, total_steps: int):
     """
     steps = np.arange(total_steps + 1)
     has_loss = bool(history and history.get("loss"))
-    fig, axes = plt.subplots(1, 3 if has_loss else 2, figsize=(12 if has_loss else 8.5, 2.8))
+    fig, axes = plt.subplots(1, 3 if has_loss else 2, figsize=(9.6 if has_loss else 8.5, 2.8))
     axes = np.atleast_1d(axes)
     if has_loss:
         ax = axes[0]

@@ -33,7 +33,7 @@ def plot_evaluation(reports: dict, title: str | None = None):
     """
     if "overall" in reports:  # a single report
         reports = {reports["split"]: reports}
-    fig, axes = plt.subplots(1, len(reports), figsize=(5.4 * len(reports), 3.3), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.8 * len(reports), 3.3), squeeze=False, sharey=True)
     axes = axes[0]
     for ax, (split, report) in zip(axes, reports.items()):
         by_objects = {int(k): row for k, row in report["by_objects"].items()}

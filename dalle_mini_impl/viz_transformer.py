@@ -254,7 +254,7 @@ def samples_title(prompt: str, grades) -> str:
     return f"{prompt!r}: {sum(g.match for g in grades)} of {len(grades)} match"
 
 
-def draw_graded_samples(images, grades=None, title: str | None = None, cols: int = 8, scale: float = 1.3):
+def draw_graded_samples(images, grades=None, title: str | None = None, cols: int = 8, scale: float = 1.2):
     """Images in a grid with the grader's verdict under each (``viz_common.verdict``).
 
     ✓ (match), ✗ and the checks that failed (no match) or ? (cannot be graded).
@@ -283,7 +283,7 @@ def draw_graded_samples(images, grades=None, title: str | None = None, cols: int
     return fig, axes
 
 
-def draw_generation_strip(dvae, prefixes, fill_code: int, scale: float = 1.25):
+def draw_generation_strip(dvae, prefixes, fill_code: int, scale: float | None = None):
     """The grid as it fills: each prefix of codes decoded, cells not drawn yet filled with ``fill_code`` and greyed.
 
     ``prefixes``: code prefixes in raster order (e.g. what ``sample``'s
@@ -294,6 +294,7 @@ def draw_generation_strip(dvae, prefixes, fill_code: int, scale: float = 1.25):
     images = codes_to_images(dvae, partial_grids(prefixes, grid, fill_code))  # (P, H, W, 3)
     P, H = len(images), images.shape[1]
     cell = H / grid
+    scale = scale or min(1.25, 9.6 / P)  # inches per frame: the strip fits a ~1,000 px column
     fig, axes = plt.subplots(1, P, figsize=(P * scale, scale + 0.35), squeeze=False)
     axes = axes[0]
     for ax, image, prefix in zip(axes, images, prefixes):
