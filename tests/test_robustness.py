@@ -67,7 +67,10 @@ def test_a_real_ctrl_c_while_training_exits_130_with_the_resume_hint_and_no_trac
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_DIR)}
     child = subprocess.Popen([sys.executable, "-m", "dalle_mini_impl.cli", "train-clip", "--steps", "100000",
                               "--batch-size", "4", "--threads", "1", "--out", str(out)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             # as a terminal starts it: SIGINT at its default, even when this test runs in a
+                             # background job (which starts with SIGINT ignored, and children inherit that)
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and child.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # until the loop has taken its first steps
