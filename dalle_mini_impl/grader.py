@@ -630,18 +630,23 @@ def failure_reasons(grade: Grade) -> dict[str, str]:
 
     Example: a grade that failed on colour and size ->
     ``{"color": "expected red, found orange", "size": "expected large, found a box side of 18 px (small)"}``.
-    A check that failed because the caption's object was not found at all gets ``NO_OBJECT``.
+    Two failures of one check (two objects) are joined by "; ". A check that failed
+    because the caption's object was not found at all gets ``NO_OBJECT``.
     A match, or a caption that cannot be graded, gives ``{}``.
     """
+    return {name: "; ".join(texts) for name, texts in failure_reason_lists(grade).items()}
+
+
+def failure_reason_lists(grade: Grade) -> dict[str, list[str]]:
+    """``failure_reasons`` with one explanation per failure (per object), not joined: ``{check: [text, ...]}``."""
     if grade.match or not grade.gradable:
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for failure in grade.failures:
-        text = f"expected {failure.expected}, found {failure.found}"
-        out[failure.check] = f"{out[failure.check]}; {text}" if failure.check in out else text
+        out.setdefault(failure.check, []).append(f"expected {failure.expected}, found {failure.found}")
     for name, ok in grade.checks.items():  # a failed check with no failure of its own: its object was not found
         if ok is False and name not in out:
-            out[name] = NO_OBJECT
+            out[name] = [NO_OBJECT]
     return out
 
 

@@ -4,7 +4,7 @@
 side (a random candidate, CLIP's top-1 and any of the top K, per row), and
 ``draw_failure_gallery`` one row of examples per check that fails, with the
 grader's own explanation (``grader.failure_counts`` and
-``grader.failure_reasons``). The prompt playground draws with lesson 4's
+``grader.failure_reason_lists``). The prompt playground draws with lesson 4's
 ``viz_clip.draw_generation``. Each returns ``(fig, axes)``.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .grader import NO_OBJECT, failure_counts, failure_reasons
+from .grader import NO_OBJECT, failure_counts, failure_reason_lists
 from .images import to_uint8_images
 from .viz_common import BAD, frame
 
@@ -59,17 +59,6 @@ def plot_evaluation(reports: dict, title: str | None = None):
     return fig, axes
 
 
-def _fit_lines(text: str, width: int, max_lines: int) -> str:
-    """``text`` wrapped to ``width`` characters, at most ``max_lines`` lines; a cut ends in "…" at a word."""
-    lines = textwrap.wrap(text, width)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = textwrap.shorten(lines[-1] + " …", width, placeholder=" …")
-        if not lines[-1].endswith("…"):
-            lines[-1] += " …"
-    return "\n".join(lines)
-
-
 def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int = 4, scale: float = 1.45):
     """What breaks: one row per check that failed, most frequent first, with examples.
 
@@ -102,8 +91,8 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
     height = rows * row_h + 0.1
     fig = plt.figure(figsize=(width, height))
     axes = np.empty((rows, per_check + 1), dtype=object)
-    reasons = [failure_reasons(g) for g in grades]
-    explained = [{k for k, v in why.items() if v != NO_OBJECT} for why in reasons]
+    reasons = [failure_reason_lists(g) for g in grades]
+    explained = [{k for k, v in why.items() if v != [NO_OBJECT]} for why in reasons]
     shown: set[int] = set()
     for r, (name, n) in enumerate(counts.items()):
         y0 = height - 0.05 - r * row_h - cap_h - scale
@@ -126,11 +115,11 @@ def draw_failure_gallery(images, captions: Sequence[str], grades, per_check: int
                 continue
             i = failing[c]
             ax.imshow(imgs[i], interpolation="nearest")
-            ax.text(0.5, 1.03, _fit_lines(captions[i], chars, 3), transform=ax.transAxes, ha="center",
-                    va="bottom", fontsize=8)
-            parts = reasons[i].get(name, "").split("; ")  # one reason per object
+            ax.text(0.5, 1.03, textwrap.fill(captions[i], chars, max_lines=3, placeholder=" …"),
+                    transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+            parts = reasons[i].get(name, [""])  # one reason per failure (per object)
             per = 5 if len(parts) == 1 else 3
-            why = "\n".join(_fit_lines(part, chars, per) for part in parts[:2])
+            why = "\n".join(textwrap.fill(part, chars, max_lines=per, placeholder=" …") for part in parts[:2])
             if len(parts) > 2:
                 why += "\n…"
             ax.text(0.5, -0.03, why, transform=ax.transAxes, ha="center", va="top", fontsize=7.5, color=BAD)

@@ -211,7 +211,7 @@ def draw_attention_map(maps, layer: int = 0, head: int | None = None, cell: tupl
 
     x = np.arange(text_len)
     labels = [visible(t) for t in text_labels] if text_labels is not None else [str(i) for i in x]
-    is_pad = np.array([text_labels is not None and t == pad_label for t in (text_labels or [None] * text_len)])
+    is_pad = np.array([t == pad_label for t in text_labels] if text_labels is not None else [False] * text_len)
     ax_text.bar(x, text_part, color=np.where(is_pad, "#cbd5e1", "#2563eb"))
     ax_text.set_xticks(x, labels, rotation=90, fontsize=7)
     ax_text.set_xlim(-0.6, text_len - 0.4)

@@ -199,16 +199,24 @@ def test_match_rates_reproduce_the_report(models):
             assert value == pytest.approx(report["overall"][key])
 
 
+def _sampled_from_parts(prompt, models, candidates, seed):
+    """The exercise's first steps, from the parts: tokenize, repeat, sample at the package defaults, decode."""
+    from dalle_mini_impl import defaults, sampling
+    from dalle_mini_impl.transformer import encode_captions
+
+    device = models.transformer.image_head.weight.device
+    text = encode_captions(models.tokenizer, [prompt], models.transformer.config.text_len).to(device)
+    images, _ = sampling.sample_images(models.transformer, models.dvae, text.repeat(candidates, 1),
+                                       temperature=defaults.TEMPERATURE, condition_scale=defaults.CONDITION_SCALE,
+                                       generator=torch.Generator(device=device).manual_seed(seed))
+    return images
+
+
 def test_check_generate_accepts_the_pipeline_rebuilt_and_hints_before_an_attempt(models, capsys):
     def my_generate(prompt, models, candidates, keep, seed):  # from the parts, as the exercise asks
-        from dalle_mini_impl import clip, defaults, sampling
-        from dalle_mini_impl.transformer import encode_captions
+        from dalle_mini_impl import clip
 
-        device = models.transformer.image_head.weight.device
-        text = encode_captions(models.tokenizer, [prompt], models.transformer.config.text_len).to(device)
-        images, _ = sampling.sample_images(models.transformer, models.dvae, text.repeat(candidates, 1),
-                                           temperature=defaults.TEMPERATURE, condition_scale=defaults.CONDITION_SCALE,
-                                           generator=torch.Generator(device=device).manual_seed(seed))
+        images = _sampled_from_parts(prompt, models, candidates, seed)
         images, scores = clip.rerank(models.clip, models.tokenizer, prompt, images)
         return images[:keep], scores[:keep]
 
@@ -228,14 +236,7 @@ def test_check_generate_accepts_the_pipeline_rebuilt_and_hints_before_an_attempt
 
 def test_capstone_checkers_reject_wrong_answers(models):
     def unranked(prompt, models, candidates, keep, seed):  # forgets to rerank
-        from dalle_mini_impl import defaults, sampling
-        from dalle_mini_impl.transformer import encode_captions
-
-        text = encode_captions(models.tokenizer, [prompt], models.transformer.config.text_len)
-        images, _ = sampling.sample_images(models.transformer, models.dvae, text.repeat(candidates, 1),
-                                           temperature=defaults.TEMPERATURE, condition_scale=defaults.CONDITION_SCALE,
-                                           generator=torch.Generator().manual_seed(seed))
-        return images[:keep], np.zeros(keep, np.float32)
+        return _sampled_from_parts(prompt, models, candidates, seed)[:keep], np.zeros(keep, np.float32)
 
     with pytest.raises(AssertionError, match="generate keeps|scores"):
         exercises.check_generate(unranked, models)

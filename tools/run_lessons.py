@@ -25,12 +25,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 
-def run_lesson(path: Path, out: Path, timeout: int) -> str | None:
-    """Run one lesson; return None when every cell ran, else what broke."""
+def run_lesson(path: Path, out: Path, timeout: int) -> tuple[str | None, bool]:
+    """Run one lesson: (None when every cell ran, else what broke; whether the kernel broke rather than a cell)."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    problem = None
+    problem, kernel_broke = None, False
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     try:
         with client.setup_kernel():
@@ -44,6 +44,7 @@ def run_lesson(path: Path, out: Path, timeout: int) -> str | None:
                     error = str(e).strip().splitlines()
                     problem = (f"code cell {n} of {len(code_cells)} (`{first[:80]}`): {type(e).__name__}\n"
                                + "\n".join("    " + line for line in error[-25:]))
+                    kernel_broke = not isinstance(e, CellExecutionError)  # it died, or stopped answering
                     break
                 took = time.monotonic() - start
                 if took > 60:
@@ -51,7 +52,7 @@ def run_lesson(path: Path, out: Path, timeout: int) -> str | None:
     finally:
         out.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out / path.name)
-    return problem
+    return problem, kernel_broke
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for lesson in args.lessons:
         start = time.monotonic()
-        problem = run_lesson(lesson, args.out, args.timeout)
+        problem, kernel_broke = run_lesson(lesson, args.out, args.timeout)
         for _ in range(args.retries):
-            if problem is None or not any(kind in problem for kind in ("CellTimeoutError", "DeadKernelError")):
+            if not kernel_broke:
                 break
             print(f"retry   {lesson}: {problem.splitlines()[0]}", flush=True)
-            problem = run_lesson(lesson, args.out, args.timeout)
+            problem, kernel_broke = run_lesson(lesson, args.out, args.timeout)
         took = time.monotonic() - start
         if problem is None:
             print(f"ok      {lesson} ({took:.0f} s)", flush=True)
