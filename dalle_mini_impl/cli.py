@@ -545,7 +545,11 @@ def add_train_transformer(sub: argparse._SubParsersAction) -> None:
                    help="stop after this step (continue later with --resume)")
     p.add_argument("--images", type=_positive_int, default=60_000,
                    help="training scenes, encoded to codes once and cached in .cache/ (default: 60000)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate (default: the config's, 1e-3); the same as --set lr=...")
+    p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                   help="override one TransformerConfig field of the preset, e.g. --set n_layers=6 or "
+                        "--set warmup_frac=0.1 (repeatable)")
     p.add_argument("--eval-prompts", type=_count, default=200,
                    help="test and compositional captions graded after training, each (default: 200; 0 skips)")
     p.add_argument("--sample-eval-prompts", type=_count, default=32,
@@ -559,14 +563,21 @@ def run_train_transformer(args: argparse.Namespace) -> int:
     from .bpe import load_tokenizer
     from .evaluate import evaluate_samples, format_sample_report
     from .train_common import TrainingDiverged
-    from .train_transformer import train_transformer
+    from .train_transformer import load_dvae_to_learn, train_transformer
+    from .transformer import TransformerConfig, config_for
 
     _check_out(args)
+    try:
+        overrides = _config_overrides(args.set + ([f"lr={args.lr}"] if args.lr is not None else []),
+                                      TransformerConfig)
+        config = config_for(load_tokenizer(), load_dvae_to_learn(args.dvae, device="cpu"), args.preset, **overrides)
+    except (CheckpointError, ValueError) as err:
+        return _fail(str(err))
     _set_aside_for_overwrite(args)
     try:
-        model = train_transformer(args.preset, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
+        model = train_transformer(config, dvae_dir=args.dvae, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, out_dir=args.out, resume=args.resume, until=args.until,
-                                  n_images=args.images, lr=args.lr, eval_prompts=args.sample_eval_prompts,
+                                  n_images=args.images, eval_prompts=args.sample_eval_prompts,
                                   precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
         return _fail(str(err) + _replaced_note(args))

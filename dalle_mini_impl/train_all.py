@@ -73,14 +73,13 @@ class RunPlan:
     transformer_steps: int = 2400
     transformer_batch_size: int = 64
     transformer_images: int = 60_000  # Shapes training scenes, encoded to codes once and cached
-    transformer_lr: float = 1e-3
     clip_steps: int = 1500
     clip_batch_size: int = 128  # fresh Shapes pairs per step (your data: random images)
     checkpoint_every: int | None = None  # None: each loop's default (200 / 200 / 100 steps)
     sample_every: int | None = None  # sample PNGs (dVAE, transformer) and CLIP's evaluation; None: each loop's default
     eval_prompts: int = 32  # Shapes test captions graded at each transformer sample step (0: none)
     dvae_config: dict = field(default_factory=dict)  # overrides of the preset's fields, e.g. {"enc_width": 8}
-    transformer_config: dict = field(default_factory=dict)
+    transformer_config: dict = field(default_factory=dict)  # e.g. {"lr": 5e-4}: learning rates are config fields
     clip_config: dict = field(default_factory=dict)
 
 
@@ -265,7 +264,7 @@ def train_transformer_stage(run: Run, until: int | None = None):
                         **plan.transformer_config)
     return train_transformer(config, dvae_dir=run.dir("dvae"), steps=plan.transformer_steps,
                              batch_size=plan.transformer_batch_size, seed=plan.seed, out_dir=run.dir("transformer"),
-                             resume=True, until=until, lr=plan.transformer_lr, tokenizer_path=run.tokenizer_path,
+                             resume=True, until=until, tokenizer_path=run.tokenizer_path,
                              # Shapes: n_images scenes, graded as it trains; your images: all of them, ungraded
                              n_images=None if run.data else plan.transformer_images,
                              eval_prompts=None if run.data else plan.eval_prompts,

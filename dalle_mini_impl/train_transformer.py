@@ -187,6 +187,17 @@ def _write_code_cache(path: Path, codes: torch.Tensor, metadata: dict[str, str])
 # ---------------------------------------------------------------------------
 
 
+def load_dvae_to_learn(dvae_dir: str | Path | None, device: str) -> DVAE:
+    """The dVAE whose codes the transformer learns (default: the shipped one), or an error that says what to do."""
+    try:
+        return load_dvae(dvae_dir, device=device)
+    except checkpoints.CheckpointError as err:
+        raise checkpoints.CheckpointError(
+            f"{err}. The transformer learns a trained dVAE's codes: train one with dalle-mini-impl train-dvae, "
+            "or pass its folder as dvae_dir (--dvae)"
+        ) from err
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, β = (0.9, 0.95), with weight decay on matrices and embeddings only (``train_common.decay_groups``).
 
@@ -241,11 +252,6 @@ def train_transformer(
     resume: bool = False,
     n_images: int | None = None,
     until: int | None = None,
-    lr: float = 1e-3,
-    warmup_frac: float = 0.05,
-    lr_end_frac: float = 0.1,
-    weight_decay: float = 0.1,
-    grad_clip: float = 1.0,
     checkpoint_every: int = 200,
     sample_every: int = 500,
     eval_prompts: int | None = None,
@@ -263,7 +269,9 @@ def train_transformer(
 
     ``config``: a ``TransformerConfig``, or a preset name (``"cpu"``, the
     default, or ``"gpu"``) whose vocabulary sizes and grid are read off the
-    tokenizer and the dVAE. ``dvae_dir``: the dVAE whose codes the
+    tokenizer and the dVAE; its ``lr``, ``warmup_frac``, ``lr_end_frac``,
+    ``weight_decay`` and ``grad_clip`` are the optimisation, as in the dVAE's
+    and CLIP's configs. ``dvae_dir``: the dVAE whose codes the
     transformer learns (default: the shipped ``data/dvae``). The data are the
     captions and codes of ``n_images`` (default 60 000) Shapes training scenes
     drawn from ``seed`` (``cache_codes``), or every image of ``data``, your own
@@ -286,13 +294,7 @@ def train_transformer(
 
     # data: the tokenizer, the dVAE, and every training pair as (text ids, codes), prepared once
     tokenizer = load_tokenizer(tokenizer_path)
-    try:
-        dvae = load_dvae(dvae_dir, device=device)
-    except checkpoints.CheckpointError as err:
-        raise checkpoints.CheckpointError(
-            f"{err}. The transformer learns a trained dVAE's codes: train one with dalle-mini-impl train-dvae, "
-            "or pass its folder as dvae_dir (--dvae)"
-        ) from err
+    dvae = load_dvae_to_learn(dvae_dir, device)
     config = config_for(tokenizer, dvae, config or "cpu") if not isinstance(config, TransformerConfig) else config
     problems = compatibility_problems(config, tokenizer, dvae)
     if problems:
@@ -303,8 +305,8 @@ def train_transformer(
     sample_text = encode_captions(tokenizer, pairs.prompts, config.text_len)  # (P, Lt)
 
     model = DalleTransformer(config).to(device)
-    optimizer = make_optimizer(model, lr, weight_decay)
-    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "n_images": n_images,
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "n_images": n_images,
                 "dvae_sha256": checkpoints.weights_hash(dvae)}
     if data is not None:
         run_info["data_sha256"] = data.fingerprint
@@ -340,7 +342,7 @@ def train_transformer(
     model.train()
     for step in bar:
         # 1. the learning rate: linear warm-up, then cosine decay
-        lr_now = train_common.lr_at(step, steps, lr, warmup_frac, lr_end_frac)
+        lr_now = train_common.lr_at(step, steps, config.lr, config.warmup_frac, config.lr_end_frac)
         train_common.set_lr(optimizer, lr_now)
         # 2. a random batch of images, one of each image's captions; ≈ 20 % of the captions become
         #    the empty caption (the torch generator is part of the checkpoint, so a resumed run
@@ -355,8 +357,8 @@ def train_transformer(
         train_common.check_finite(out.loss, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         # 4. report, checkpoint, pictures
         done = step + 1
@@ -394,7 +396,7 @@ def measure_steps_per_second(config: TransformerConfig, batch_size: int = 64, st
         train_common.setup_cpu(threads)
     torch.manual_seed(0)
     model = DalleTransformer(config).to(device).train()
-    optimizer = make_optimizer(model, 1e-3, 0.1)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     autocast = train_common.autocast(device, precision)
     text = torch.randint(3, config.text_vocab_size, (batch_size, config.text_len))
     text[:, 0], text[:, 16:] = config.bos_id, config.pad_id
@@ -409,7 +411,8 @@ def measure_steps_per_second(config: TransformerConfig, batch_size: int = 64, st
             out = model.loss(drop_captions(text, config).to(device), codes)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()

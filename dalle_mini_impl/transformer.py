@@ -91,6 +91,12 @@ class TransformerConfig:
     caption_drop_prob: float = 0.2  # captions replaced by the empty one, for the condition scale
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
+    # training (as in DVAEConfig and CLIPConfig: a resumed run refuses other values)
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup_frac: float = 0.05  # linear lr warm-up over this fraction of the steps
+    lr_end_frac: float = 0.1  # cosine decay of the lr down to lr * lr_end_frac
+    weight_decay: float = 0.1  # on matrices and embeddings only (train_common.decay_groups)
+    grad_clip: float = 1.0  # the gradient's norm is clipped to this; 0: no clipping
 
     @property
     def n_image(self) -> int:
@@ -123,6 +129,13 @@ class TransformerConfig:
             raise ValueError(f"text_len must be at least 2 (<bos> and one token), got {self.text_len}")
         if self.attention not in ("auto", "dense", "flex"):
             raise ValueError(f"attention must be 'auto', 'dense' or 'flex', got {self.attention!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be greater than 0, got {self.lr}")
+        for name in ("warmup_frac", "lr_end_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"weight_decay and grad_clip must be 0 or more, got {self.weight_decay}, {self.grad_clip}")
 
     @classmethod
     def preset(cls, name: str = "cpu", **overrides) -> "TransformerConfig":

@@ -235,16 +235,21 @@ def test_train_transformer_cli_runs_and_resumes(models_dir, tmp_path, monkeypatc
 
     def tiny_preset(tokenizer, dvae, preset="cpu", **overrides):  # the wiring is under test, not the preset size
         presets.append(preset)
-        return TransformerConfig(text_vocab_size=tokenizer.vocab_size, **TINY)
+        return TransformerConfig(text_vocab_size=tokenizer.vocab_size, **{**TINY, **overrides})
 
-    monkeypatch.setattr(tt, "config_for", tiny_preset)
+    monkeypatch.setattr(transformer, "config_for", tiny_preset)
     out = tmp_path / "run"
     argv = ["train-transformer", "--preset", "gpu", "--steps", "3", "--batch-size", "2", "--images", "8",
-            "--dvae", str(models_dir / "dvae"), "--out", str(out), "--eval-prompts", "2", "--threads", "1"]
+            "--dvae", str(models_dir / "dvae"), "--out", str(out), "--eval-prompts", "2", "--threads", "1",
+            "--lr", "2e-3", "--set", "warmup_frac=0.25"]
     assert cli.main([*argv, "--until", "2"]) == 0
     assert cli.main(argv) == 2 and "--resume" in capsys.readouterr().err  # a run exists: refuse to overwrite it
     assert cli.main([*argv, "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "resumed" in printed and "graded match of samples" in printed
     assert presets == ["gpu"] * 3 and transformer.load(out, device="cpu").config.d_model == TINY["d_model"]
+    assert (transformer.load(out, device="cpu").config.lr, transformer.load(out, device="cpu").config.warmup_frac) == (
+        2e-3, 0.25)  # --lr and --set reach the config, saved with the model
+    assert cli.main([*argv[:-2], "--set", "warmup_frac=2"]) == 2  # refused before any work
+    assert "warmup_frac must be between 0 and 1" in capsys.readouterr().err
     assert checkpoints.training_info(out)["step"] == 3 and (out / "samples" / "step_000003.png").is_file()

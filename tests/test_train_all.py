@@ -87,8 +87,9 @@ def test_the_cpu_plan_is_the_commands_of_the_shipped_models():
     assert (plan.seed, plan.preset) == (0, "cpu")
     assert (plan.tokenizer_captions, plan.vocab_size) == (tokenizer.captions, tokenizer.vocab_size) == (50_000, 515)
     assert (plan.dvae_steps, plan.dvae_batch_size, plan.dvae_images) == (dvae.steps, dvae.batch_size, dvae.images)
-    assert (plan.transformer_steps, plan.transformer_batch_size, plan.transformer_images, plan.transformer_lr) == (
-        transformer.steps, transformer.batch_size, transformer.images, transformer.lr)
+    assert (plan.transformer_steps, plan.transformer_batch_size, plan.transformer_images) == (
+        transformer.steps, transformer.batch_size, transformer.images)
+    assert plan.transformer_config == {} and (transformer.lr, transformer.set) == (None, [])  # the preset's own lr
     assert (plan.clip_steps, plan.clip_batch_size) == (clip.steps, clip.batch_size)
     # data/dvae/README.md: --steps 3500 --batch-size 32; data/transformer/README.md: --steps 2400 --batch-size 64;
     # data/clip/README.md: --steps 1500 --batch-size 128

@@ -42,14 +42,14 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def tiny_config(tokenizer) -> TransformerConfig:
-    return TransformerConfig(text_vocab_size=tokenizer.vocab_size, **TINY)
+def tiny_config(tokenizer, **overrides) -> TransformerConfig:
+    return TransformerConfig(text_vocab_size=tokenizer.vocab_size, **{**TINY, "lr": 3e-3, **overrides})
 
 
 def train(tokenizer, dvae_dir, cache_dir, out_dir, **overrides):
     """A tiny run: quiet, single-threaded, no graded evaluation unless asked."""
     values = dict(config=tiny_config(tokenizer), dvae_dir=dvae_dir, steps=8, batch_size=8, seed=0, out_dir=out_dir,
-                  n_images=N_IMAGES, checkpoint_every=4, sample_every=1000, eval_prompts=0, lr=3e-3,
+                  n_images=N_IMAGES, checkpoint_every=4, sample_every=1000, eval_prompts=0,
                   cache_dir=cache_dir, threads=1, progress=False, log=lambda _: None)
     return tt.train_transformer(**{**values, **overrides})
 
@@ -159,8 +159,10 @@ def test_resume_after_a_kill_gives_the_same_weights(tokenizer, dvae_dir, cache_d
     monkeypatch.setattr(tt, "drop_captions", real_drop)
     with pytest.raises(checkpoints.CheckpointError, match="already exists"):
         train(tokenizer, dvae_dir, cache_dir, tmp_path / "killed")
+    with pytest.raises(checkpoints.CheckpointError, match=r"another config \(lr: saved 0.003 vs now 0.001"):
+        train(tokenizer, dvae_dir, cache_dir, tmp_path / "killed", resume=True, config=tiny_config(tokenizer, lr=1e-3))
     with pytest.raises(checkpoints.CheckpointError, match="other settings"):
-        train(tokenizer, dvae_dir, cache_dir, tmp_path / "killed", resume=True, lr=1e-3)
+        train(tokenizer, dvae_dir, cache_dir, tmp_path / "killed", resume=True, batch_size=4)
     messages = []
     resumed = train(tokenizer, dvae_dir, cache_dir, tmp_path / "killed", resume=True, log=messages.append)
     assert any("resumed" in m and "step 4/8" in m for m in messages)
