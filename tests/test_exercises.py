@@ -144,6 +144,25 @@ def test_lesson3_checkers_reject_wrong_answers():
     with pytest.raises(AssertionError, match="top_p_filter"):
         exercises.check_top_p_filter(top_p_keeping_one_too_few)
 
+    def top_p_breaking_ties_the_other_way(logits, p):  # right, but among equal logits the last ones survive
+        flipped = logits.flip(-1)
+        probs, order = flipped.softmax(-1).sort(dim=-1, descending=True, stable=True)
+        drop = probs.cumsum(-1) - probs >= p
+        return flipped.masked_fill(drop.scatter(-1, order, drop), float("-inf")).flip(-1)
+
+    tied = torch.zeros(1, 8)
+    assert not torch.equal(torch.isfinite(top_p_breaking_ties_the_other_way(tied, 0.3)),
+                           torch.isfinite(top_p_filter(tied, 0.3)))  # other tokens kept than the package's...
+    assert exercises.check_top_p_filter(top_p_breaking_ties_the_other_way)  # ... and just as right
+
+    def top_p_keeping_the_wrong_ones(logits, p):  # the right count, from the unlikely end
+        kept = torch.isfinite(top_p_filter(logits, p)).sum(-1, keepdim=True)  # (B, 1)
+        rank = logits.argsort(-1).argsort(-1)  # 0 for the least likely
+        return logits.masked_fill(rank >= kept, float("-inf"))
+
+    with pytest.raises(AssertionError, match="less likely one was kept"):
+        exercises.check_top_p_filter(top_p_keeping_the_wrong_ones)
+
     def equal_weights(text_logits, image_logits, text, codes):  # 1 : 1 instead of 1 : 7
         return (F.cross_entropy(text_logits.flatten(0, 1), text[:, 1:].flatten())
                 + F.cross_entropy(image_logits.flatten(0, 1), codes.flatten())) / 2
