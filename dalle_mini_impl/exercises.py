@@ -56,36 +56,159 @@ def _report(name: str, ok: bool | None, hint: str) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def check_get_stats(fn: Callable) -> bool:
-    """``fn(ids) -> {(a, b): count}`` must count every adjacent pair, like ``bpe.get_stats``."""
+def _attempt_refusing(fn: Callable, *args, cls: type, names: tuple[str, ...]):
+    """``_attempt`` while the methods ``cls.<name>`` raise: an answer that only calls them fails.
+
+    The lesson-1 exercises rebuild methods of ``ByteLevelBPE`` (``_encode_piece``,
+    ``decode``), which ``_attempt(without=...)`` cannot reach: it swaps module
+    attributes, and a tokenizer the learner already holds would keep its methods.
+    """
+    originals = {name: cls.__dict__[name] for name in names}
+
+    def refuse(*_args, **_kwargs):
+        called = " or ".join(f"dmi.bpe.{cls.__name__}.{name}" for name in names)
+        raise AssertionError(f"write it yourself: this answer calls {called}, "
+                             "the function the exercise asks you to rebuild")
+
+    for name in names:
+        setattr(cls, name, refuse)
+    try:
+        return _attempt(fn, *args)
+    finally:
+        for name, original in originals.items():
+            setattr(cls, name, original)
+
+
+def _recount(words: list) -> dict:
+    """Every pair count of a corpus of ``(ids, count)`` words, from scratch: what the incremental update must equal."""
     from .bpe import get_stats
 
-    rng = random.Random(0)
-    cases = [[], [7], [1, 2, 3, 1, 2], [5, 5, 5, 5]] + [[rng.randrange(6) for _ in range(rng.randrange(30))]
-                                                         for _ in range(20)]
-    for ids in cases:
-        got = _attempt(fn, list(ids), without=("bpe", "get_stats"))
-        if got is None:
-            return _report("get_stats", None, "zip(ids, ids[1:]) walks over the adjacent pairs")
-        assert dict(got) == dict(get_stats(ids)), f"get_stats({ids}) gave {dict(got)}, expected {dict(get_stats(ids))}"
-    return _report("get_stats", True, "")
+    stats = {}  # (int, int) -> int
+    for ids, count in words:
+        get_stats(ids, stats, weight=count)
+    return stats
 
 
-def check_merge(fn: Callable) -> bool:
-    """``fn(ids, pair, idx)`` must replace every non-overlapping ``pair``, left to right, with ``idx``."""
+def check_update_pair_counts(fn: Callable) -> bool:
+    """``fn(word, count, pair, new_id, stats) -> stats``: one word's share of a merge, as ``train`` counts it.
+
+    ``word`` is a tuple of ids occurring ``count`` times, ``stats`` the pair
+    counts of the whole corpus (a dict, which the answer may update in place or
+    copy). After merging ``pair`` into ``new_id`` in this one word, the counts
+    must equal a full recount of the corpus, with pairs that reach 0 removed, as
+    the trainer removes them. The corpora are random and not shown to the
+    learner; each merge is the most frequent pair, as in training, and every word
+    is visited, also those without the pair (the trainer's index may list a word
+    that no longer holds it).
+
+    No package function does this update on its own (``train`` does it inline),
+    so ``get_stats`` and ``merge`` are fair building blocks here.
+    """
     from .bpe import merge
 
-    rng = random.Random(1)
-    cases = [([1, 2, 3, 1, 2], (1, 2), 9), ([5, 5, 5], (5, 5), 9), ([5, 5, 5, 5], (5, 5), 9), ([], (1, 2), 9)]
-    cases += [([rng.randrange(3) for _ in range(rng.randrange(25))], (rng.randrange(3), rng.randrange(3)), 7)
-              for _ in range(30)]
-    for ids, pair, idx in cases:
-        got = _attempt(fn, list(ids), pair, idx, without=("bpe", "merge"))
+    hint = ("every pair of the old word loses `count`, every pair of the merged word gains `count`; "
+            "delete the pairs whose count falls to 0")
+    rng = random.Random(3)
+    corpora = [[((97, 97, 97, 97), 1)],  # "a a a a" with (a, a): the merged pair overlaps itself
+               [((97, 97, 97), 2), ((98, 97, 97, 98), 5)],
+               [((1, 2, 1, 2, 1), 3), ((2, 1), 2), ((1, 2), 4)]]
+    corpora += [[(tuple(rng.randrange(alphabet) for _ in range(rng.randrange(1, 11))), rng.randrange(1, 6))
+                 for _ in range(rng.randrange(3, 12))] for alphabet in (2, 3, 3, 4) for _ in range(3)]
+    for corpus in corpora:
+        words = list(corpus)  # list of (tuple of int, int)
+        for new_id in range(100, 104):  # four merges in a row
+            stats = _recount(words)
+            if not stats:
+                break
+            pair = min(stats, key=lambda p: (-stats[p], p))
+            for i, (word, count) in enumerate(words):
+                given = dict(stats)
+                got = _attempt(fn, word, count, pair, new_id, given)
+                if got is None:
+                    assert given == stats, "update_pair_counts changed `stats` but returned None: end with `return stats`"
+                    return _report("update_pair_counts", None, hint)
+                words[i] = (tuple(merge(list(word), pair, new_id)), count)
+                expected = _recount(words)
+                where = (f"merging {pair} -> {new_id} in the word {word} (count {count}), "
+                         f"with the corpus counts {stats}")
+                assert isinstance(got, dict), f"update_pair_counts returned {type(got).__name__}, expected a dict"
+                zeros = sorted(p for p, c in got.items() if c == 0)
+                assert not zeros, f"{where}: the pairs {zeros} are left with count 0; delete them, as the trainer does"
+                assert got == expected, f"{where}: got {got}, expected {expected} (a full recount)"
+                stats = expected
+    return _report("update_pair_counts", True, "")
+
+
+def check_encode_piece(fn: Callable) -> bool:
+    """``fn(ids, ranks) -> ids``: BPE on one pre-tokenized piece, like ``ByteLevelBPE._encode_piece``.
+
+    ``ids`` are the piece's byte tokens before any merge; ``ranks`` maps a pair
+    of ids to ``(rank, merged id)``. The answer must merge the present pair of
+    lowest rank (everywhere in the piece, left to right), and repeat until no
+    pair of the piece has a rank. The tokenizers are trained on random words the
+    learner does not see, where merging in another order (the leftmost mergeable
+    pair first, say) gives other tokens.
+    """
+    from .bpe import ByteLevelBPE, to_byte_chars
+
+    hint = ("find the pair of the piece with the smallest rank (zip(ids, ids[1:]) and ranks.get), "
+            "merge it everywhere (dmi.bpe.merge), repeat until no pair is in ranks")
+    cases = [(ByteLevelBPE.train(["aaa"], vocab_size=258), ["aaaa", "aaa", "aaaaa", "a", ""])]  # merges a a, aa a
+    rng = random.Random(2)
+    for alphabet, n_merges in [("ab", 6), ("abc", 12), ("abcd", 25), ("abcdé", 40)]:
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(2, 9))) for _ in range(60)]
+        tok = ByteLevelBPE.train(words, vocab_size=256 + n_merges)
+        cases.append((tok, ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 13))) for _ in range(25)]))
+    for tok, words in cases:
+        for word in words:
+            ids = [tok._byte_ids[b] for b in word.encode("utf-8")]  # the piece as byte tokens
+            expected = tok._encode_piece(to_byte_chars(word), None)
+            got = _attempt_refusing(fn, list(ids), dict(tok._ranks), cls=ByteLevelBPE,
+                                    names=("_encode_piece", "encode"))
+            if got is None:
+                return _report("encode_piece", None, hint)
+            got = list(got)
+            if got != expected:
+                def spell(ids):
+                    return [tok.id_to_token(i) if isinstance(i, int) and 0 <= i < tok.vocab_size else i for i in ids]
+
+                raise AssertionError(
+                    f"encode_piece({ids}) for {word!r} with the merges {tok.merges} (rank 0 first): got {got} = "
+                    f"{spell(got)}, expected {expected} = {spell(expected)}")
+    return _report("encode_piece", True, "")
+
+
+def check_decode(fn: Callable) -> bool:
+    """``fn(ids, id_to_bytes) -> str``: the text of a list of ids, like ``ByteLevelBPE.decode``.
+
+    ``id_to_bytes`` is a list: ``id_to_bytes[i]`` is the bytes of token ``i``.
+    Any list of ids must decode, including one cut in the middle of a multi-byte
+    character: the answer must equal ``bytes.decode("utf-8", errors="replace")``
+    of all the tokens' bytes joined. The cases are a tokenizer trained on text the
+    learner does not see (cut at every position) and random byte tables.
+    """
+    from .bpe import ByteLevelBPE
+
+    hint = ("join the bytes of all the ids first (b\"\".join), then decode once; "
+            "bytes.decode has an errors= argument")
+    rng = random.Random(4)
+    tok = ByteLevelBPE.train(["naïve café, Straße über 中文 🎨🟦\n", "a café on the corner\n"] * 3, vocab_size=300)
+    cases = []  # (ids, id_to_bytes)
+    for text in ["café 🎨", "über Straße", "naïve 中文 🟦 ok", "ü🎨é"]:
+        for max_merges in (0, None):
+            ids = tok.encode(text, max_merges=max_merges)
+            cases += [(ids[i:j], tok._id_to_bytes) for i in range(len(ids)) for j in range(i, len(ids) + 1)]
+    for _ in range(3):  # random tokens of 1 to 3 bytes, many of them not valid UTF-8 on their own
+        table = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4))) for _ in range(40)]
+        cases += [([rng.randrange(40) for _ in range(rng.randrange(12))], table) for _ in range(40)]
+    for ids, table in cases:
+        expected = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+        got = _attempt_refusing(fn, list(ids), list(table), cls=ByteLevelBPE, names=("decode",))
         if got is None:
-            return _report("merge", None, "walk with an index i; when ids[i], ids[i+1] is the pair, emit idx and jump by 2")
-        expected = merge(ids, pair, idx)
-        assert list(got) == expected, f"merge({ids}, {pair}, {idx}) gave {list(got)}, expected {expected}"
-    return _report("merge", True, "")
+            return _report("decode", None, hint)
+        assert got == expected, (f"decode({ids}) with the tokens' bytes {[table[i] for i in ids]}: "
+                                 f"got {got!r}, expected {expected!r}")
+    return _report("decode", True, "")
 
 
 def merges_until_single_token(tokenizer, word: str) -> int:

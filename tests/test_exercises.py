@@ -29,6 +29,55 @@ def models():
 # --- every checker: a right answer passes, a missing one gets a hint ---------------------------------
 
 
+def update_pair_counts(word, count, pair, new_id, stats):
+    get_stats(word, stats, weight=-count)  # the old word's pairs go...
+    get_stats(merge(list(word), pair, new_id), stats, weight=count)  # ...the merged word's come
+    return {p: c for p, c in stats.items() if c != 0}
+
+
+def update_pair_counts_like_train(word, count, pair, new_id, stats):
+    """Only the pairs around each merge site change: (x, a) -> (x, n) and (b, y) -> (n, y)."""
+    a, b = pair
+    changes = {}  # (int, int) -> int
+
+    def add(p, delta):
+        changes[p] = changes.get(p, 0) + delta
+
+    new, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            add(pair, -count)
+            if new:
+                add((new[-1], a), -count)
+                add((new[-1], new_id), count)
+            if i + 2 < len(word):
+                add((b, word[i + 2]), -count)
+                add((new_id, word[i + 2]), count)
+            new.append(new_id)
+            i += 2
+        else:
+            new.append(word[i])
+            i += 1
+    for p, delta in changes.items():
+        stats[p] = stats.get(p, 0) + delta
+        if stats[p] == 0:
+            del stats[p]
+    return stats
+
+
+def encode_piece(ids, ranks):
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, (math.inf,))[0])  # the lowest rank present
+        if pair not in ranks:
+            break
+        ids = merge(ids, pair, ranks[pair][1])
+    return ids
+
+
+def decode(ids, id_to_bytes):
+    return b"".join(id_to_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+
 def gumbel_max(logits, n):
     return (logits - torch.log(-torch.log(torch.rand(n, len(logits))))).argmax(-1)
 
@@ -44,8 +93,10 @@ def my_kl(logits):
 
 # (checker, a right answer) for every checker that takes the answer alone, lesson by lesson
 RIGHT_ANSWERS = [
-    (exercises.check_get_stats, get_stats),
-    (exercises.check_merge, merge),
+    (exercises.check_update_pair_counts, update_pair_counts),
+    (exercises.check_update_pair_counts, update_pair_counts_like_train),
+    (exercises.check_encode_piece, encode_piece),
+    (exercises.check_decode, decode),
     (exercises.check_gumbel_max, gumbel_max),
     (exercises.check_gumbel_max, exponential_race),
     (exercises.check_logit_laplace_log_prob, logit_laplace_log_prob),
@@ -83,13 +134,90 @@ def test_a_count_not_given_yet_gets_a_hint(capsys):
 
 
 def test_lesson1_checkers_reject_wrong_answers():
-    def overlapping_merge(ids, pair, idx):  # a classic bug: merges "a a a" twice
-        return [idx if (a, b) == pair else a for a, b in zip(ids, ids[1:] + [None])]
+    def only_the_merged_pair(word, count, pair, new_id, stats):  # forgets the neighbours of each merge site
+        stats[pair] -= count * (len(word) - len(merge(list(word), pair, new_id)))
+        return {p: c for p, c in stats.items() if c != 0}
 
-    with pytest.raises(AssertionError, match="merge"):
-        exercises.check_merge(overlapping_merge)
-    with pytest.raises(AssertionError, match="get_stats"):
-        exercises.check_get_stats(lambda ids: {})
+    def left_neighbour_from_the_old_word(word, count, pair, new_id, stats):  # wrong when merges touch: "a a a a"
+        changes = {}  # (int, int) -> int
+        i = 0
+        while i < len(word):
+            if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+                changes[pair] = changes.get(pair, 0) - count
+                if i > 0:  # the bug: word[i - 1] may itself have been merged already
+                    x = word[i - 1]
+                    changes[(x, pair[0])] = changes.get((x, pair[0]), 0) - count
+                    changes[(x, new_id)] = changes.get((x, new_id), 0) + count
+                if i + 2 < len(word):
+                    y = word[i + 2]
+                    changes[(pair[1], y)] = changes.get((pair[1], y), 0) - count
+                    changes[(new_id, y)] = changes.get((new_id, y), 0) + count
+                i += 2
+            else:
+                i += 1
+        for p, delta in changes.items():
+            stats[p] = stats.get(p, 0) + delta
+        return {p: c for p, c in stats.items() if c != 0}
+
+    def keeps_zero_counts(word, count, pair, new_id, stats):
+        get_stats(word, stats, weight=-count)
+        return get_stats(merge(list(word), pair, new_id), stats, weight=count)
+
+    for wrong in (only_the_merged_pair, left_neighbour_from_the_old_word):
+        with pytest.raises(AssertionError, match=r"merging \(97, 97\) -> 100 in the word \(97, 97, 97, 97\)"):
+            exercises.check_update_pair_counts(wrong)
+    with pytest.raises(AssertionError, match="left with count 0; delete them"):
+        exercises.check_update_pair_counts(keeps_zero_counts)
+
+    def forgets_to_return(word, count, pair, new_id, stats):
+        update_pair_counts_like_train(word, count, pair, new_id, stats)  # right, in place, but no `return stats`
+
+    with pytest.raises(AssertionError, match="changed `stats` but returned None"):
+        exercises.check_update_pair_counts(forgets_to_return)
+
+    def leftmost_mergeable_pair_first(ids, ranks):  # greedy left to right, ignoring the ranks' order
+        i = 0
+        while i < len(ids) - 1:
+            if (ids[i], ids[i + 1]) in ranks:
+                ids = ids[:i] + [ranks[(ids[i], ids[i + 1])][1]] + ids[i + 2:]
+                i = 0
+            else:
+                i += 1
+        return ids
+
+    with pytest.raises(AssertionError, match=r"for 'aaaa' .* got \[257, 64\] = \['aaa', 'a'\], "
+                                             r"expected \[256, 256\] = \['aa', 'aa'\]"):
+        exercises.check_encode_piece(leftmost_mergeable_pair_first)
+
+    def token_by_token(ids, id_to_bytes):  # a character cut over two tokens becomes two U+FFFD
+        return "".join(id_to_bytes[i].decode("utf-8", errors="replace") for i in ids)
+
+    def drops_the_partial_bytes(ids, id_to_bytes):
+        return b"".join(id_to_bytes[i] for i in ids).decode("utf-8", errors="ignore")
+
+    with pytest.raises(AssertionError, match="got 'caf\ufffd\ufffd', expected 'café'"):
+        exercises.check_decode(token_by_token)
+    with pytest.raises(AssertionError, match="got 'caf', expected 'caf\ufffd'"):
+        exercises.check_decode(drops_the_partial_bytes)
+
+
+@pytest.mark.parametrize("check, names", [
+    (exercises.check_encode_piece, "_encode_piece or dmi.bpe.ByteLevelBPE.encode"),
+    (exercises.check_decode, "decode"),
+])
+def test_lesson1_answers_that_only_call_the_tokenizer_are_refused(check, names):
+    tok = ByteLevelBPE.train(["a small red circle\n"], vocab_size=260)  # a tokenizer the learner already holds
+    methods = {name: ByteLevelBPE.__dict__[name] for name in ("_encode_piece", "encode", "decode")}
+
+    def calls_the_tokenizer(ids, table):
+        if check is exercises.check_decode:
+            return tok.decode(ids)
+        return tok._encode_piece("".join(tok.id_to_token(i) for i in ids), None)
+
+    with pytest.raises(AssertionError, match=f"calls dmi.bpe.ByteLevelBPE.{names}"):
+        check(calls_the_tokenizer)
+    assert {name: ByteLevelBPE.__dict__[name] for name in methods} == methods, "the checker puts the methods back"
+    assert tok.decode(tok.encode("a red")) == "a red"
 
 
 def test_merges_until_single_token_counts_merges():
@@ -276,8 +404,6 @@ def test_capstone_checkers_reject_wrong_answers(models):
 
 
 @pytest.mark.parametrize("check, module, name", [
-    (exercises.check_get_stats, "bpe", "get_stats"),
-    (exercises.check_merge, "bpe", "merge"),
     (exercises.check_logit_laplace_log_prob, "dvae", "logit_laplace_log_prob"),
     (exercises.check_kl_to_uniform, "dvae", "kl_to_uniform"),
     (exercises.check_build_mask, "attention", "build_mask"),
