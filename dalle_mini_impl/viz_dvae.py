@@ -120,31 +120,58 @@ def draw_gumbel_softmax(logits, tau: float = 1.0, hard: bool = False, n_samples:
     return fig, axes
 
 
-def plot_pixel_losses(pixel: float = 1.0, eps: float = 0.1, log_bs=(-2.0, -1.0, 0.0)):
-    """The loss of one pixel value as a function of the prediction: logit-Laplace (left) vs squared error (right).
+def plot_pixel_losses(pixel: float = 1.0, eps: float = 0.1, log_bs=(-2.0, -1.0, 0.0),
+                      zoom: tuple[float, float] | None = None, mark: float | None = None):
+    """The loss of one pixel value as a function of the prediction: logit-Laplace (left) vs squared error.
 
     The decoder predicts μ (and ln b) in logit space; the picture it paints is
     x̂ = φ⁻¹(sigmoid(μ)), which ranges over (-ε/(1-2ε), 1 + ε/(1-2ε)) and is
     clamped to [0, 1] only for display. Left: -ln p(φ(pixel) | μ, b) against x̂
-    for a few scales b; right: (x̂ - pixel)². Returns ``(fig, axes)``.
+    for a few scales b; middle: (x̂ - pixel)². ``zoom=(lo, hi)`` adds a third
+    panel over lo <= x̂ <= hi with each loss minus its own minimum, on one
+    axis, and ``mark`` a prediction whose extra costs it labels.
+    Returns ``(fig, axes)``.
     """
-    mu = torch.linspace(-6, 6, 601)  # (M,) predictions in logit space
+    mu = torch.linspace(-6, 6, 6001)  # (M,) predictions in logit space
     x_hat = (torch.sigmoid(mu) - eps) / (1 - 2 * eps)  # the predicted pixel, before clamping
     target = map_pixels(torch.tensor(float(pixel)), eps)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    for log_b, color in zip(log_bs, ["#1d4ed8", "#7c3aed", "#db2777", "#ea580c"]):
-        nll = -logit_laplace_log_prob(target.expand_as(mu), mu, torch.full_like(mu, log_b))
+    colors = ["#1d4ed8", "#7c3aed", "#db2777", "#ea580c"]
+    nlls = [-logit_laplace_log_prob(target.expand_as(mu), mu, torch.full_like(mu, log_b)) for log_b in log_bs]
+    squared = (x_hat - pixel) ** 2
+    fig, axes = plt.subplots(1, 3 if zoom else 2, figsize=(10.1, 3) if zoom else (9, 3))
+    for nll, log_b, color in zip(nlls, log_bs, colors):
         axes[0].plot(x_hat.numpy(), nll.numpy(), color=color, label=f"b = {np.exp(log_b):.2f}")
     axes[0].set_ylabel("-ln p(x | μ, b)")
     axes[0].legend(fontsize=8)
-    axes[1].plot(x_hat.numpy(), ((x_hat - pixel) ** 2).numpy(), color="#0f766e")
+    axes[1].plot(x_hat.numpy(), squared.numpy(), color="#0f766e")
     axes[1].set_ylabel("(x̂ - x)²")
-    for ax, name in zip(axes, ["logit-Laplace", "squared error"]):
+    for ax, name in zip(axes[:2], ["logit-Laplace", "squared error"]):
         ax.axvline(pixel, color="#64748b", linestyle=":", linewidth=1)
         ax.axvspan(float(x_hat.min()), 0, color="#e5e7eb")
         ax.axvspan(1, float(x_hat.max()), color="#e5e7eb")
         ax.set_xlabel("predicted pixel x̂ = φ⁻¹(sigmoid(μ))")
         ax.set_title(f"{name}, true pixel x = {pixel:g}", fontsize=10, loc="left")
+    if zoom:
+        ax = axes[2]
+        near = (x_hat >= zoom[0]) & (x_hat <= zoom[1])
+        for nll, log_b, color in zip(nlls, log_bs, colors):
+            ax.plot(x_hat[near].numpy(), (nll - nll.min())[near].numpy(), color=color, label=f"b = {np.exp(log_b):.2f}")
+        ax.plot(x_hat[near].numpy(), (squared - squared.min())[near].numpy(), color="#0f766e", linewidth=2.5,
+                label="squared error")
+        ax.axvline(pixel, color="#64748b", linestyle=":", linewidth=1)
+        if mark is not None:
+            i = int((x_hat - mark).abs().argmin())
+            extra = (nlls[0] - nlls[0].min())[i].item()
+            ax.axvline(mark, color="#94a3b8", linewidth=1)
+            ax.annotate(f"x̂ = {mark:g}: +{extra:.1f} nats (b = {np.exp(log_bs[0]):.2f})\n"
+                        f"vs +{(squared - squared.min())[i].item():.4f} squared error",
+                        (mark, extra), xytext=(6, 8), textcoords="offset points", fontsize=8,
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1})
+        ax.set_xlim(*zoom)
+        ax.set_xlabel("predicted pixel x̂")
+        ax.set_ylabel("loss − its minimum")
+        ax.set_title("near the true value, one axis", fontsize=10, loc="left")
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig, axes
 
@@ -152,8 +179,10 @@ def plot_pixel_losses(pixel: float = 1.0, eps: float = 0.1, log_bs=(-2.0, -1.0, 
 def plot_training(history: dict | None, config, total_steps: int):
     """A dVAE run: the loss (if ``history`` has any) and the τ, β and learning-rate schedules over ``total_steps``.
 
-    ``history``: ``{"loss": [...], "recon": [...], "kl": [...]}``, one entry per
-    step (``kl`` is the unweighted KL term); ``None`` draws the schedules only.
+    ``history``: ``{"loss": [...], "recon": [...]}``, one entry per step, and
+    if given each weighted term of the loss, ``"beta_kl"`` (β·kl) and
+    ``"diversity"`` (its weight times the usage KL), drawn on their own;
+    ``None`` draws the schedules only.
     ``config`` is a :class:`dalle_mini_impl.dvae.DVAEConfig`. Returns ``(fig, axes)``.
     """
     steps = np.arange(total_steps + 1)
@@ -164,7 +193,12 @@ def plot_training(history: dict | None, config, total_steps: int):
         ax = axes[0]
         if history.get("recon"):
             ax.plot(history["recon"], color="#f59e0b", label="recon", linewidth=2.5, alpha=0.5)
-        ax.plot(history["loss"], color="#1d4ed8", label="loss = recon + β·kl", linewidth=1)
+        terms = [("beta_kl", "β·kl", "#ea580c"), ("diversity", "w·diversity", "#7c3aed")]
+        terms = [t for t in terms if history.get(t[0])]
+        for key, label, color in terms:
+            ax.plot(history[key], color=color, label=label, linewidth=1)
+        total = " + ".join(["recon"] + [label for _, label, _ in terms]) if terms else "recon + β·kl"
+        ax.plot(history["loss"], color="#1d4ed8", label=f"loss = {total}", linewidth=1)
         ax.set_xlabel("step")
         ax.set_ylabel("per pixel value")
         ax.legend(fontsize=8)

@@ -60,6 +60,17 @@ def test_plot_pixel_losses_minimum_sits_at_the_true_pixel():
     assert abs(x_hat[np.argmin(se)] - 1.0) < 0.02
 
 
+def test_plot_pixel_losses_zoom_puts_both_losses_on_one_axis_and_labels_the_mark():
+    _, axes = viz_dvae.plot_pixel_losses(pixel=1.0, log_bs=(-2.0,), zoom=(0.85, 1.02), mark=0.95)
+    assert len(axes) == 3 and axes[2].get_xlim() == (0.85, 1.02)
+    (x_ll, ll), (x_se, se) = (line.get_data() for line in axes[2].lines[:2])
+    assert x_ll.min() >= 0.85 and x_ll.max() <= 1.02 and ll.min() == pytest.approx(0, abs=1e-3)
+    i = np.argmin(np.abs(x_ll - 0.95))
+    assert ll[i] > 2.0 and se[i] == pytest.approx(0.0025, abs=2e-4)  # nats against a squared error of 0.05²
+    label = axes[2].texts[0].get_text()
+    assert f"+{ll[i]:.1f} nats" in label and "+0.0025 squared error" in label
+
+
 def test_plot_training_draws_the_package_schedules():
     cfg = DVAEConfig()
     _, axes = viz_dvae.plot_training(None, cfg, 100)
@@ -68,6 +79,10 @@ def test_plot_training_draws_the_package_schedules():
     assert tau[0] == pytest.approx(1.0) and tau[-1] == pytest.approx(1 / 16)
     _, axes = viz_dvae.plot_training({"loss": [3.0, 2.0, 1.0], "recon": [3.5, 2.5, 1.5]}, cfg, 100)
     assert len(axes) == 3 and [list(line.get_data()[1]) for line in axes[0].lines] == [[3.5, 2.5, 1.5], [3.0, 2.0, 1.0]]
+    history = {"loss": [3.0, 2.0], "recon": [2.5, 1.5], "beta_kl": [0.3, 0.3], "diversity": [0.2, 0.2]}
+    _, axes = viz_dvae.plot_training(history, cfg, 100)
+    labels = [line.get_label() for line in axes[0].lines]
+    assert labels == ["recon", "β·kl", "w·diversity", "loss = recon + β·kl + w·diversity"]
 
 
 def test_draw_reconstructions_marks_each_verdict(tiny):
