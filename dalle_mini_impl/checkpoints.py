@@ -36,6 +36,7 @@ tensors, numbers and strings.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -80,6 +81,12 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    except (RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a failed write
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(errno.EIO, f"could not be written ({first_line}; {free:.0f} MB free on its disk)",
+                      str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

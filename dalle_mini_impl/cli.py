@@ -675,7 +675,7 @@ def _generate_into(folder: Path, args: argparse.Namespace) -> tuple[list[dict], 
     models = load_models(args.models, clip=not args.no_clip)
     results = generate(args.prompt, models.transformer, models.dvae, models.tokenizer, candidates=args.candidates,
                        keep=args.keep, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, condition_scale=args.cond_scale, clip_model=models.clip)
+                       top_p=args.top_p, condition_scale=args.cond_scale, clip_model=models.clip, progress=True)
     return _write_generation(results, folder, args.out)
 
 
@@ -1001,7 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; {where}{_replaced_note(args)}", file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a file that vanished: the message names the file
-        what = f"{err.strerror} ({err.filename})" if err.strerror and err.filename else str(err)
+        where = getattr(args, "out", None)
+        what = (f"{err.filename}: {err.strerror}" if err.strerror and err.filename
+                else f"{err.strerror or err} (writing in {where})" if where else str(err))
         hint = f"; {_last_checkpoint(args)}" if args.command in TRAINING_COMMANDS else ""
         return _fail(f"{what}{hint}")
 

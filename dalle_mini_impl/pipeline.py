@@ -104,6 +104,7 @@ def generate(
     condition_scale: float = CONDITION_SCALE,
     clip_model: torch.nn.Module | None = None,
     device: str | None = None,
+    progress: bool = False,
 ) -> list[GenerationResult]:
     """Draw ``candidates`` images per prompt and keep the best ``keep`` (one result per prompt, in order).
 
@@ -115,6 +116,7 @@ def generate(
     ``device``: where to run (the models are moved there); by default the
     transformer's device. An empty prompt raises ``ValueError``; a prompt
     longer than the transformer's text length is truncated with a warning.
+    ``progress``: a progress bar over the batches, when there is more than one.
     """
     prompts = check_prompts(prompts)
     if candidates < 1:
@@ -129,6 +131,11 @@ def generate(
 
         clip_model.to(device).eval()
 
+    from tqdm.auto import tqdm
+
+    per_prompt = -(-candidates // SAMPLE_BATCH) if clip_model is not None else -(-keep // SAMPLE_BATCH)
+    bar = tqdm(total=len(prompts) * per_prompt, desc="sampling", unit="batch",
+               disable=not progress or len(prompts) * per_prompt < 2)
     results = []
     for prompt in prompts:
         with warnings.catch_warnings():
@@ -140,6 +147,7 @@ def generate(
             batch, _ = sample_images(transformer, dvae, text.repeat(min(SAMPLE_BATCH, candidates - start), 1),
                                      temperature=temperature, top_k=top_k, top_p=top_p,
                                      condition_scale=condition_scale, generator=generator)  # (n, H, W, C) uint8
+            bar.update(1)
             if clip_model is None:  # the first K in sampling order: the rest need not be drawn
                 images = batch if images is None else np.concatenate([images, batch])
                 if len(images) >= keep:
@@ -153,6 +161,7 @@ def generate(
                 batch, batch_scores = batch[order], batch_scores[order]
             images, scores = batch[:keep], batch_scores[:keep]
         results.append(GenerationResult(prompt, np.ascontiguousarray(images[:keep]), scores))
+    bar.close()
     return results
 
 

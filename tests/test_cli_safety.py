@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from dalle_mini_impl import DATA_DIR, REPO_DIR, checkpoints, cli, folder_data, images, pipeline
 from dalle_mini_impl.clip import CLIP, CLIPConfig
@@ -323,6 +324,45 @@ def test_a_full_disk_while_training_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["train-clip", "--out", str(tmp_path / "clip"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "model.safetensors" in err and "step 3" in err
+
+
+@pytest.mark.parametrize("writer, error, file, then", [
+    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 6290048 vs 6289936"),
+     "train_state.pt", "no checkpoint was saved yet"),  # the training state is written first
+    ("dalle_mini_impl.checkpoints.save_file",
+     SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"), "model.safetensors",
+     "is at step 2: resume with the same command and --resume"),
+], ids=["torch.save", "safetensors"])
+def test_a_full_disk_in_the_real_writers_is_one_line(writer, error, file, then, tmp_path, monkeypatch, capsys):
+    """torch.save and safetensors do not raise OSError when the disk fills: their errors are named and kept short."""
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(writer, full)
+    out = tmp_path / "dvae"
+    argv = ["train-dvae", *TINY_DVAE_SET, "--steps", "2", "--batch-size", "4", "--images", "8", "--threads", "1",
+            "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]  # (the progress bar's lines come before it)
+    assert "Traceback" not in err and line.startswith(f"error: {out / file}: could not be written ("), err
+    assert "MB free on its disk" in line and line.endswith(then)
+    assert str(error).splitlines()[0][:30] in line
+    assert sorted(p.name for p in out.glob(".*.tmp")) == []  # no half-written file left behind
+
+
+def test_many_candidates_are_drawn_in_batches_with_a_progress_bar(models_dir, tmp_path, capsys):
+    n = 2 * pipeline.SAMPLE_BATCH + 2  # three batches
+    assert cli.main(["generate", PROMPT, "--candidates", str(n), "--keep", "1", "--no-clip", "--out",
+                     str(tmp_path / "out"), "--models", str(models_dir)]) == 0
+    assert "sampling" not in capsys.readouterr().err  # without CLIP only the first batch is drawn: no bar
+    clip_dir = tmp_path / "with_clip"
+    shutil.copytree(models_dir, clip_dir)
+    config = CLIPConfig(text_vocab_size=load_tokenizer().vocab_size, **TINY_CLIP)
+    checkpoints.save_model(CLIP(config), config, clip_dir / "clip", "clip")
+    assert cli.main(["generate", PROMPT, "--candidates", str(n), "--keep", "1", "--out", str(tmp_path / "out2"),
+                     "--models", str(clip_dir)]) == 0
+    assert "sampling" in (err := capsys.readouterr().err) and "3/3" in err, err
 
 
 # --- ordinary bad input: one line, exit 2 -------------------------------------------------------
