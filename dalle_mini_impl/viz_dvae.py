@@ -221,6 +221,48 @@ def plot_training(history: dict | None, config, total_steps: int):
     return fig, axes
 
 
+def draw_snapshots(originals, snapshots: dict, captions: Sequence[str], grades: dict | None = None,
+                   scale: float = 1.0):
+    """Originals (captioned) above their reconstructions at several training steps, one row per step.
+
+    ``snapshots``: ``{step: images}``, each N images like ``originals`` (uint8
+    (N, H, W, 3) or float (N, 3, H, W)). ``grades``: ``{step: [Grade, ...]}``;
+    under each reconstruction ✓, or ✗ with the checks that failed. Returns
+    ``(fig, axes)`` with ``axes`` of shape (1 + len(snapshots), N).
+    """
+    top = to_uint8_images(originals)
+    n, steps = len(top), sorted(snapshots)
+    rows = [top] + [to_uint8_images(snapshots[step]) for step in steps]
+    if any(len(row) != n for row in rows):
+        raise ValueError("every snapshot needs one reconstruction per original")
+    cap, mark, gap, margin = 0.52, (0.28 if grades is not None else 0.05), 0.05, 0.35
+    heights = [cap + scale] + [scale + mark] * len(steps)
+    width, height = margin + n * (scale + gap), sum(heights) + gap * len(rows)
+    fig = plt.figure(figsize=(width, height))
+    axes = np.empty((len(rows), n), dtype=object)
+    y = height
+    for r, row in enumerate(rows):
+        y -= (cap if r == 0 else 0) + scale + gap
+        for c in range(n):
+            ax = fig.add_axes([(margin + c * (scale + gap)) / width, y / height, scale / width, scale / height])
+            ax.imshow(row[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            axes[r, c] = ax
+            if r == 0:
+                ax.text(0.5, 1.03, "\n".join(textwrap.wrap(captions[c], 20)[:4]), transform=ax.transAxes,
+                        ha="center", va="bottom", fontsize=7)
+            elif grades is not None:
+                grade = grades[steps[r - 1]][c]
+                failed = [check for check, ok in grade.checks.items() if ok is False]
+                verdict = "✓" if grade.match else "\n".join(textwrap.wrap("✗ " + ", ".join(failed), 20)[:2])
+                ax.text(0.5, -0.03, verdict, transform=ax.transAxes, ha="center", va="top", fontsize=6.5,
+                        color=GOOD if grade.match else BAD)
+        axes[r, 0].set_ylabel("original" if r == 0 else f"step {steps[r - 1]:,}", fontsize=8)
+        y -= mark if r > 0 else 0
+    return fig, axes
+
+
 def draw_reconstructions(originals, reconstructions, captions: Sequence[str] | None = None,
                          matches: Sequence[bool] | None = None, cols: int = 8, scale: float = 1.18):
     """Originals above their reconstructions, the caption over each pair and the grader's verdict under it.

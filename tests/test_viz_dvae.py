@@ -139,3 +139,20 @@ def test_code_histogram_matches_the_usage_plot(tiny):
     _, ax = viz_dvae.plot_code_usage(hist)
     heights = [bar.get_height() for bar in ax.containers[0]]  # the bars, most used first
     assert heights == sorted(hist[hist > 0].tolist(), reverse=True)
+
+
+def test_draw_snapshots_one_row_per_step_with_the_failed_checks(tiny):
+    _, images, _ = tiny
+    from dalle_mini_impl import grader
+
+    n = 4
+    captions = ["a red circle"] * n
+    grades = {10: [grader.grade(im, c) for im, c in zip(images[:n], captions)],
+              5: [grader.grade(im, c) for im, c in zip(images[:n], captions)]}
+    fig, axes = viz_dvae.draw_snapshots(images[:n], {10: images[:n], 5: images[:n]}, captions, grades)
+    assert axes.shape == (3, n)
+    assert [axes[r, 0].get_ylabel() for r in range(3)] == ["original", "step 5", "step 10"]  # steps in order
+    verdict = axes[1, 0].texts[0].get_text()
+    assert verdict == "✓" if grades[5][0].match else verdict.startswith("✗ ")
+    with pytest.raises(ValueError, match="one reconstruction per original"):
+        viz_dvae.draw_snapshots(images[:n], {1: images[:n - 1]}, captions)
