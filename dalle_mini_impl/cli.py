@@ -303,6 +303,9 @@ def add_train_dvae(sub: argparse._SubParsersAction) -> None:
                         "train: without the held-out pairs (default: images_all)")
     p.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
                    help="override one DVAEConfig field of the preset, e.g. --set logit_init_scale=1.0 (repeatable)")
+    p.add_argument("--sample-every", type=_positive_int, default=500,
+                   help="save the reconstructions of 8 held-out images to samples/step_N.png every this many steps "
+                        "(default: 500)")
     p.set_defaults(func=run_train_dvae, parser=p)
 
 
@@ -356,7 +359,7 @@ def run_train_dvae(args: argparse.Namespace) -> int:
     try:
         model = train_dvae(config, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                            out_dir=args.out, resume=args.resume, n_images=args.images, source=args.source,
-                           precision=args.precision, threads=args.threads)
+                           sample_every=args.sample_every, precision=args.precision, threads=args.threads)
     except (CheckpointError, TrainingDiverged, ValueError) as err:
         return _fail(str(err) + _replaced_note(args))
     _drop_replaced(args)

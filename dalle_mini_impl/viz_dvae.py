@@ -235,7 +235,7 @@ def draw_snapshots(originals, snapshots: dict, captions: Sequence[str], grades: 
     rows = [top] + [to_uint8_images(snapshots[step]) for step in steps]
     if any(len(row) != n for row in rows):
         raise ValueError("every snapshot needs one reconstruction per original")
-    cap, mark, gap, margin = 0.52, (0.28 if grades is not None else 0.05), 0.05, 0.35
+    cap, mark, gap, margin = 0.52, (0.36 if grades is not None else 0.05), 0.05, 0.35
     heights = [cap + scale] + [scale + mark] * len(steps)
     width, height = margin + n * (scale + gap), sum(heights) + gap * len(rows)
     fig = plt.figure(figsize=(width, height))
@@ -255,7 +255,7 @@ def draw_snapshots(originals, snapshots: dict, captions: Sequence[str], grades: 
             elif grades is not None:
                 grade = grades[steps[r - 1]][c]
                 failed = [check for check, ok in grade.checks.items() if ok is False]
-                verdict = "✓" if grade.match else "\n".join(textwrap.wrap("✗ " + ", ".join(failed), 20)[:2])
+                verdict = "✓" if grade.match else "\n".join(textwrap.wrap("✗ " + ", ".join(failed), 22)[:3])
                 ax.text(0.5, -0.03, verdict, transform=ax.transAxes, ha="center", va="top", fontsize=6.5,
                         color=GOOD if grade.match else BAD)
         axes[r, 0].set_ylabel("original" if r == 0 else f"step {steps[r - 1]:,}", fontsize=8)

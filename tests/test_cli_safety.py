@@ -560,3 +560,13 @@ def test_load_config_checks_types_and_sizes(tmp_path):
     with pytest.raises(checkpoints.CheckpointError) as err:
         checkpoints.load_config(tmp_path, TransformerConfig, "transformer")
     assert "dropout must be a number" in str(err.value) and "grid must be at least 1" in str(err.value)
+
+
+def test_train_dvae_saves_reconstructions_every_sample_every_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr("dalle_mini_impl.evaluate.evaluate_reconstructions", lambda *a, **k: {})
+    monkeypatch.setattr("dalle_mini_impl.evaluate.format_reconstruction_report", lambda report: "")
+    out = tmp_path / "dvae"
+    assert cli.main(["train-dvae", *TINY_DVAE_SET, "--steps", "4", "--batch-size", "4", "--images", "8",
+                     "--threads", "1", "--sample-every", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+    assert np.asarray(Image.open(out / "samples" / "step_000002.png")).shape == (128, 512, 3)  # originals above
