@@ -1004,9 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; {where}{_replaced_note(args)}", file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a file that vanished: the message names the file
-        where = getattr(args, "out", None)
-        what = (f"{err.filename}: {err.strerror}" if err.strerror and err.filename
-                else f"{err.strerror or err} (writing in {where})" if where else str(err))
+        if err.strerror and err.filename:
+            what = f"{err.filename}: {err.strerror}"
+        elif getattr(args, "out", None):  # no file named: say which output it was writing
+            what = f"{err.strerror or err} (writing in {args.out})"
+        else:
+            what = str(err)
         hint = f"; {_last_checkpoint(args)}" if args.command in TRAINING_COMMANDS else ""
         return _fail(f"{what}{hint}")
 

@@ -17,30 +17,40 @@ from collections.abc import Callable
 NOT_DONE = "not done yet"
 
 
-def _attempt(fn: Callable, *args, without: tuple[str, str] | None = None):
+def _attempt(fn: Callable, *args, without: tuple[str, str] | list[tuple[str, str]] | None = None):
     """Call the learner's function; ``None`` means "not attempted".
 
-    ``without``: ``(module, name)`` of the package function the exercise asks the
-    learner to rebuild. While the attempt runs, ``dmi.<module>.<name>`` raises,
-    so an answer that only calls it fails (the checker compares against the
-    original, which it imported before).
+    ``without``: ``(path, name)``, or a list of them, of the package function
+    the exercise asks the learner to rebuild: ``dmi.<path>.<name>``, where
+    ``path`` is a module (``"sampling"``) or a class in one
+    (``"bpe.ByteLevelBPE"``: a tokenizer the learner already holds has its
+    class's methods). While the attempt runs each of them raises, so an answer
+    that only calls them fails (the checker compares against the originals,
+    which it took before).
     """
-    if without is not None:
-        module = importlib.import_module(f"{__package__}.{without[0]}")
-        original = getattr(module, without[1])
+    targets = [without] if isinstance(without, tuple) else list(without or [])
+    owners = []
+    for path, name in targets:
+        module, _, cls = path.partition(".")
+        owner = importlib.import_module(f"{__package__}.{module}")
+        if cls:
+            owner = getattr(owner, cls)
+        owners.append((owner, name, vars(owner)[name]))
+    called = " or ".join(f"dmi.{path}.{name}" for path, name in targets)
 
-        def refuse(*_args, **_kwargs):
-            raise AssertionError(f"write it yourself: this answer calls dmi.{without[0]}.{without[1]}, "
-                                 "the function the exercise asks you to rebuild")
+    def refuse(*_args, **_kwargs):
+        raise AssertionError(f"write it yourself: this answer calls {called}, "
+                             "the function the exercise asks you to rebuild")
 
-        setattr(module, without[1], refuse)
+    for owner, name, _ in owners:
+        setattr(owner, name, refuse)
     try:
         return fn(*args)
     except NotImplementedError:
         return None
     finally:
-        if without is not None:
-            setattr(module, without[1], original)
+        for owner, name, original in owners:
+            setattr(owner, name, original)
 
 
 def _report(name: str, ok: bool | None, hint: str) -> bool:
@@ -54,29 +64,6 @@ def _report(name: str, ok: bool | None, hint: str) -> bool:
 # ---------------------------------------------------------------------------
 # Lesson 1: BPE
 # ---------------------------------------------------------------------------
-
-
-def _attempt_refusing(fn: Callable, *args, cls: type, names: tuple[str, ...]):
-    """``_attempt`` while the methods ``cls.<name>`` raise: an answer that only calls them fails.
-
-    The lesson-1 exercises rebuild methods of ``ByteLevelBPE`` (``_encode_piece``,
-    ``decode``), which ``_attempt(without=...)`` cannot reach: it swaps module
-    attributes, and a tokenizer the learner already holds would keep its methods.
-    """
-    originals = {name: cls.__dict__[name] for name in names}
-
-    def refuse(*_args, **_kwargs):
-        called = " or ".join(f"dmi.bpe.{cls.__name__}.{name}" for name in names)
-        raise AssertionError(f"write it yourself: this answer calls {called}, "
-                             "the function the exercise asks you to rebuild")
-
-    for name in names:
-        setattr(cls, name, refuse)
-    try:
-        return _attempt(fn, *args)
-    finally:
-        for name, original in originals.items():
-            setattr(cls, name, original)
 
 
 def _recount(words: list) -> dict:
@@ -163,8 +150,8 @@ def check_encode_piece(fn: Callable) -> bool:
         for word in words:
             ids = [tok._byte_ids[b] for b in word.encode("utf-8")]  # the piece as byte tokens
             expected = tok._encode_piece(to_byte_chars(word), None)
-            got = _attempt_refusing(fn, list(ids), dict(tok._ranks), cls=ByteLevelBPE,
-                                    names=("_encode_piece", "encode"))
+            got = _attempt(fn, list(ids), dict(tok._ranks),
+                           without=[("bpe.ByteLevelBPE", "_encode_piece"), ("bpe.ByteLevelBPE", "encode")])
             if got is None:
                 return _report("encode_piece", None, hint)
             got = list(got)
@@ -203,7 +190,7 @@ def check_decode(fn: Callable) -> bool:
         cases += [([rng.randrange(40) for _ in range(rng.randrange(12))], table) for _ in range(40)]
     for ids, table in cases:
         expected = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
-        got = _attempt_refusing(fn, list(ids), list(table), cls=ByteLevelBPE, names=("decode",))
+        got = _attempt(fn, list(ids), list(table), without=("bpe.ByteLevelBPE", "decode"))
         if got is None:
             return _report("decode", None, hint)
         assert got == expected, (f"decode({ids}) with the tokens' bytes {[table[i] for i in ids]}: "

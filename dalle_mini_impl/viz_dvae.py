@@ -35,7 +35,7 @@ from .dvae import (
     tau_at,
 )
 from .images import to_uint8_images
-from .viz_common import BAD, GOOD, frame
+from .viz_common import BAD, GOOD, frame, verdict
 
 
 def draw_code_grid(image, codes=None, highlight=None, title: str | None = None, fontsize: float = 6.5,
@@ -246,18 +246,15 @@ def draw_snapshots(originals, snapshots: dict, captions: Sequence[str], grades: 
         for c in range(n):
             ax = fig.add_axes([(margin + c * (scale + gap)) / width, y / height, scale / width, scale / height])
             ax.imshow(row[c], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            frame(ax)
             axes[r, c] = ax
             if r == 0:
                 ax.text(0.5, 1.03, "\n".join(textwrap.wrap(captions[c], 20)[:4]), transform=ax.transAxes,
                         ha="center", va="bottom", fontsize=7)
             elif grades is not None:
-                grade = grades[steps[r - 1]][c]
-                failed = [check for check, ok in grade.checks.items() if ok is False]
-                verdict = "✓" if grade.match else "\n".join(textwrap.wrap("✗ " + ", ".join(failed), 22)[:3])
-                ax.text(0.5, -0.03, verdict, transform=ax.transAxes, ha="center", va="top", fontsize=6.5,
-                        color=GOOD if grade.match else BAD)
+                text, color = verdict(grades[steps[r - 1]][c])
+                ax.text(0.5, -0.03, "\n".join(textwrap.wrap(text, 22)[:3]), transform=ax.transAxes, ha="center",
+                        va="top", fontsize=6.5, color=color)
         axes[r, 0].set_ylabel("original" if r == 0 else f"step {steps[r - 1]:,}", fontsize=8)
         y -= mark if r > 0 else 0
     return fig, axes
