@@ -76,6 +76,9 @@ from .train_common import lr_at as warmup_cosine
 # ---------------------------------------------------------------------------
 
 
+LIKELIHOODS = ("logit_laplace", "mse", "l1")
+
+
 @dataclass
 class DVAEConfig:
     """Everything that defines a dVAE and its training objective.
@@ -98,7 +101,7 @@ class DVAEConfig:
     #                               of 1×1 convs for most of a short run (measured: a continuous autoencoder
     #                               with these nets read back 34% of images after 1000 steps at 1 / L²,
     #                               79% at gain 1 with dec_width 64)
-    likelihood: str = "logit_laplace"  # or "mse"
+    likelihood: str = "logit_laplace"  # or "mse" / "l1": a plain error on the decoded pixel means
     eps: float = 0.1  # ε of the pixel map x -> (1 - 2ε) x + ε (the paper's value)
     min_log_b: float = -6.0  # floor of ln b of the logit-Laplace: keeps 1/b finite on flat colour
     kl_weight: float = 6.6  # β at the end of its ramp (the paper's value, with the paper's reduction)
@@ -145,8 +148,8 @@ class DVAEConfig:
         f = self.downsample
         if f < 1 or f & (f - 1) or self.image_size % f:
             raise ValueError(f"downsample must be a power of 2 dividing image_size, got f={f}, H={self.image_size}")
-        if self.likelihood not in ("logit_laplace", "mse"):
-            raise ValueError(f"likelihood must be 'logit_laplace' or 'mse', got {self.likelihood!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
 
     @classmethod
     def preset(cls, name: str = "cpu", **overrides) -> DVAEConfig:
@@ -460,6 +463,8 @@ class DVAE(nn.Module):
         x_mean = (torch.sigmoid(mu) - cfg.eps) / (1 - 2 * cfg.eps)  # φ⁻¹(sigmoid(μ)), not clamped yet
         if cfg.likelihood == "mse":  # (clamping first would zero the gradient of every saturated pixel)
             recon = F.mse_loss(x_mean, images)
+        if cfg.likelihood == "l1":
+            recon = F.l1_loss(x_mean, images)
         x_rec = x_mean.clamp(0, 1)  # (B, C, H, W) in [0, 1]
         kl = kl_to_uniform(logits).mean() / (cfg.channels * cfg.image_size**2)  # Σ_cells KL / (H·W·C), batch mean
         loss = recon + kl_weight * kl

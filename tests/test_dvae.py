@@ -266,16 +266,22 @@ def test_dead_codes_restart_as_copies_of_busy_codes_where_error_is_high():
     assert restart_dead_codes(model, torch.zeros(32, dtype=torch.bool), logits, error) == 0
 
 
-def test_mse_likelihood_option():
-    model = DVAE(DVAEConfig(likelihood="mse", **TINY))
+@pytest.mark.parametrize("likelihood, error", [("mse", F.mse_loss), ("l1", F.l1_loss)])
+def test_pixel_error_likelihood_options(likelihood, error):
+    model = DVAE(DVAEConfig(likelihood=likelihood, **TINY))
     x = torch.rand(2, 3, 64, 64)
     torch.manual_seed(1)
     out = model(x, tau=1.0)
     torch.manual_seed(1)  # the same gumbel noise again, to redo the computation by hand
     z = gumbel_softmax(model.encoder(map_pixels(x)), tau=1.0, dim=1)
     x_mean = (torch.sigmoid(model.decoder(z)[:, :3]) - 0.1) / 0.8  # φ⁻¹(sigmoid(μ)), unclamped
-    assert out.recon.item() == pytest.approx(F.mse_loss(x_mean, x).item(), rel=1e-5)
+    assert out.recon.item() == pytest.approx(error(x_mean, x).item(), rel=1e-5)
     assert torch.equal(out.x_rec, x_mean.clamp(0, 1))
+
+
+def test_unknown_likelihood_is_refused():
+    with pytest.raises(ValueError, match="likelihood must be one of logit_laplace, mse, l1"):
+        DVAEConfig(likelihood="bce")
 
 
 # --- the shipped model ------------------------------------------------------------------------
