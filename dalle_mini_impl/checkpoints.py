@@ -565,6 +565,12 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def codes_hash(dvae: torch.nn.Module) -> str:
+    """``weights_hash`` of a dVAE's encoder: its codes depend on nothing else, so a transformer trained on
+    them fits any decoder fine-tuned behind that encoder (``train_dvae.finetune_decoder``)."""
+    return weights_hash(dvae.encoder)
+
+
 def training_info(model_dir: str | Path) -> dict:
     """What training recorded about a model folder (``training.json``: steps, seed, the dVAE or tokenizer it used), or {} when absent."""
     path = Path(model_dir) / TRAINING_INFO

@@ -194,6 +194,16 @@ def load_clip(model_dir: str | Path, device: str | None = None) -> torch.nn.Modu
     return load(model_dir, device=device)
 
 
+def trained_on_these_codes(training: dict, dvae) -> bool:
+    """Whether a transformer's ``training.json`` names this dVAE's encoder (or, in older records, the whole
+    dVAE): the codes it learned are the ones this dVAE produces. True when nothing is recorded."""
+    if "dvae_encoder_sha256" in training:
+        return training["dvae_encoder_sha256"] == checkpoints.codes_hash(dvae)
+    if "dvae_sha256" in training:
+        return training["dvae_sha256"] == checkpoints.weights_hash(dvae)
+    return True
+
+
 def load_models(models_dir: str | Path | None = None, device: str | None = None, clip: bool = True) -> Models:
     """Load the tokenizer, dVAE and transformer (and CLIP when ``clip/`` exists) from ``models_dir``.
 
@@ -216,8 +226,7 @@ def load_models(models_dir: str | Path | None = None, device: str | None = None,
             f"{dirs['transformer']}: does not fit the other models: " + "; ".join(problems)
             + f". Retrain it with: {CREATE_COMMANDS['transformer'].format(dir=dirs['transformer'], dvae=dirs['dvae'])}"
         )
-    trained_on = checkpoints.training_info(dirs["transformer"]).get("dvae_sha256")
-    if trained_on and trained_on != checkpoints.weights_hash(dvae):
+    if not trained_on_these_codes(checkpoints.training_info(dirs["transformer"]), dvae):
         warnings.warn(f"{dirs['transformer']} was trained on the codes of another dVAE than {dirs['dvae']}; "
                       "its images will not look right. Retrain the transformer on this dVAE.", stacklevel=2)
     clip_model = None

@@ -103,10 +103,10 @@ def cache_codes(
     512 codes do not fit in a byte). The first call renders the images in
     batches, encodes them (``dvae.encode``: argmax, no noise) and writes
     ``cache_dir/codes_<split>_n<n>_seed<seed>_<dVAE hash>.safetensors``; later
-    calls with the same dVAE weights read that file. A corrupt cache file is
+    calls with the same dVAE encoder read that file (the codes depend on nothing else). A corrupt cache file is
     recomputed, with a warning.
     """
-    digest = checkpoints.weights_hash(dvae)
+    digest = checkpoints.codes_hash(dvae)
     path = Path(cache_dir) / f"codes_{split}_n{n}_seed{seed}_{digest[:16]}.safetensors"
     cached = _read_code_cache(path, with_captions=True)
     if cached is not None:
@@ -116,7 +116,7 @@ def cache_codes(
     captions = [scene.caption for scene in scenes]
     codes = _encode_all(dvae, n, lambda i, j: shapes.render_batch(scenes[i:j]), batch_size,
                         f"dVAE codes ({split})", progress)  # (n, h, w)
-    metadata = {"captions": json.dumps(captions), "split": split, "n": str(n), "seed": str(seed), "dvae_sha256": digest}
+    metadata = {"captions": json.dumps(captions), "split": split, "n": str(n), "seed": str(seed), "dvae_encoder_sha256": digest}
     _write_code_cache(path, codes, metadata)
     return captions, codes
 
@@ -131,17 +131,17 @@ def cache_folder_codes(
     """The argmax dVAE codes (n, h, w) of your own images (a ``FolderDataset``), computed once.
 
     Cached like ``cache_codes``, under a name made of the data's fingerprint
-    (pixels and captions) and the dVAE's weights hash:
+    (pixels and captions) and the hash of the dVAE's encoder:
     ``cache_dir/codes_folder_<data hash>_<dVAE hash>.safetensors``.
     """
-    digest = checkpoints.weights_hash(dvae)
+    digest = checkpoints.codes_hash(dvae)
     path = Path(cache_dir) / f"codes_folder_{data.fingerprint[:16]}_{digest[:16]}.safetensors"
     cached = _read_code_cache(path, with_captions=False)
     if cached is not None:
         return cached[0]
     codes = _encode_all(dvae, len(data), lambda i, j: data.images[i:j], batch_size, "dVAE codes (your images)",
                         progress)  # (n, h, w)
-    _write_code_cache(path, codes, {"root": str(data.root), "n": str(len(data)), "dvae_sha256": digest})
+    _write_code_cache(path, codes, {"root": str(data.root), "n": str(len(data)), "dvae_encoder_sha256": digest})
     return codes
 
 
@@ -307,7 +307,7 @@ def train_transformer(
     model = DalleTransformer(config).to(device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     run_info = {"steps": steps, "batch_size": batch_size, "seed": seed, "n_images": n_images,
-                "dvae_sha256": checkpoints.weights_hash(dvae)}
+                "dvae_encoder_sha256": checkpoints.codes_hash(dvae)}
     if data is not None:
         run_info["data_sha256"] = data.fingerprint
     step = checkpoints.start_or_resume(run.state_path, model, optimizer, config, run_info, resume, log)

@@ -253,3 +253,29 @@ def test_train_transformer_cli_runs_and_resumes(models_dir, tmp_path, monkeypatc
     assert cli.main([*argv[:-2], "--set", "warmup_frac=2"]) == 2  # refused before any work
     assert "warmup_frac must be between 0 and 1" in capsys.readouterr().err
     assert checkpoints.training_info(out)["step"] == 3 and (out / "samples" / "step_000003.png").is_file()
+
+
+def test_a_transformer_fits_any_decoder_behind_the_encoder_it_learned():
+    torch.manual_seed(0)
+    dvae = DVAE(DVAEConfig(**TINY_DVAE))
+    record = {"dvae_encoder_sha256": checkpoints.codes_hash(dvae)}
+    with torch.no_grad():
+        dvae.decoder.codebook.weight.add_(1.0)  # a fine-tuned decoder: the same codes
+    assert pipeline.trained_on_these_codes(record, dvae)
+    old_record = {"dvae_sha256": checkpoints.weights_hash(dvae)}  # older records hash the whole dVAE
+    assert pipeline.trained_on_these_codes(old_record, dvae)
+    with torch.no_grad():
+        next(dvae.encoder.parameters()).add_(1.0)  # another encoder: other codes
+    assert not pipeline.trained_on_these_codes(record, dvae)
+    assert not pipeline.trained_on_these_codes(old_record, dvae)
+    assert pipeline.trained_on_these_codes({}, dvae)  # nothing recorded: nothing to check
+
+
+def test_load_models_warns_when_the_transformer_learned_other_codes(models_dir):
+    info = checkpoints.training_info(models_dir / "transformer")
+    checkpoints.write_training_info(models_dir / "transformer", {**info, "dvae_encoder_sha256": "0" * 64})
+    try:
+        with pytest.warns(UserWarning, match="trained on the codes of another dVAE"):
+            pipeline.load_models(models_dir, device="cpu")
+    finally:
+        checkpoints.write_training_info(models_dir / "transformer", info)

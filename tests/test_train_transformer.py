@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from dalle_mini_impl import checkpoints, grader, shapes
+from dalle_mini_impl import checkpoints, grader, pipeline, shapes
 from dalle_mini_impl import train_transformer as tt
 from dalle_mini_impl.dvae import DVAE, DVAEConfig
 from dalle_mini_impl.bpe import load_tokenizer
@@ -102,7 +102,10 @@ def test_cache_codes_encodes_once_then_hits_the_cache(dvae_dir, tmp_path, monkey
     captions2, codes2 = tt.cache_codes(dvae, "train", 16, seed=3, cache_dir=tmp_path, progress=False)
     assert captions2 == captions and torch.equal(codes2, codes)
 
-    other = DVAE(DVAEConfig(**TINY_DVAE))  # other weights: another key, so a miss
+    with torch.no_grad():
+        dvae.decoder.codebook.weight.mul_(2.0)  # a fine-tuned decoder encodes alike: still a hit
+    assert torch.equal(tt.cache_codes(dvae, "train", 16, seed=3, cache_dir=tmp_path, progress=False)[1], codes)
+    other = DVAE(DVAEConfig(**TINY_DVAE))  # another encoder: another key, so a miss
     with pytest.raises(AssertionError, match="must read the cache"):
         tt.cache_codes(other, "train", 16, seed=3, cache_dir=tmp_path, progress=False)
 
@@ -138,7 +141,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tokenizer, dvae_di
     (line,) = (out / "evals.jsonl").read_text().splitlines()
     report = json.loads(line)
     assert report["step"] == 30 and report["n"] == 4 and 0.0 <= report["match"] <= 1.0
-    assert checkpoints.training_info(out)["dvae_sha256"] == checkpoints.weights_hash(load_dvae(dvae_dir, device="cpu"))
+    assert checkpoints.training_info(out)["dvae_encoder_sha256"] == checkpoints.codes_hash(load_dvae(dvae_dir, device="cpu"))
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tokenizer, dvae_dir, cache_dir, tmp_path, monkeypatch):
@@ -257,7 +260,7 @@ def shipped():
 def test_shipped_transformer_was_trained_on_the_shipped_dvae(shipped):
     # a transformer learns one dVAE's codebook: the codes of other weights decode to noise
     model, dvae, model_dir = shipped
-    assert checkpoints.training_info(model_dir)["dvae_sha256"] == checkpoints.weights_hash(dvae)
+    assert pipeline.trained_on_these_codes(checkpoints.training_info(model_dir), dvae)
 
 
 @pytest.fixture(scope="module")
