@@ -343,3 +343,14 @@ def test_reconstruct_cli_writes_pngs_with_the_same_names(tmp_path):
     assert Image.open(out / "wide.png").size == (64, 64)
     assert main(["reconstruct", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
     assert main(["reconstruct", str(tmp_path / "red.jpg"), "--out", str(out), "--model", str(tmp_path / "nope")]) == 2
+
+
+def test_saturation_penalty_pulls_overshooting_pixel_logits_back():
+    from dalle_mini_impl.dvae import saturation_penalty
+    inside = torch.tensor([-2.0, 0.0, 2.0])  # within ±ln 9 = ±2.197: no penalty
+    assert saturation_penalty(inside).item() == 0.0
+    mu = torch.tensor([50.0, -50.0], requires_grad=True)  # saturated: a pixel error's gradient is ~0 here
+    saturation_penalty(mu).backward()
+    assert mu.grad[0] > 10 and mu.grad[1] < -10  # ... this one pushes both back towards the range
+    model = DVAE(DVAEConfig(likelihood="mse", **TINY))
+    assert "saturation" in model(torch.rand(2, 3, 64, 64)).extras
