@@ -76,7 +76,8 @@ from .train_common import lr_at as warmup_cosine
 # ---------------------------------------------------------------------------
 
 
-LIKELIHOODS = ("logit_laplace", "mse", "l1")
+PIXEL_ERRORS = {"mse": F.mse_loss, "l1": F.l1_loss}  # the likelihoods that are a plain error on the pixel means
+LIKELIHOODS = ("logit_laplace", *PIXEL_ERRORS)
 
 
 @dataclass
@@ -184,6 +185,15 @@ def map_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
 def unmap_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """φ⁻¹(x) = clamp((x - ε) / (1 - 2ε), 0, 1), the inverse of ``map_pixels``."""
     return ((x - eps) / (1 - 2 * eps)).clamp(0, 1)
+
+
+def pixel_mean(mu: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """x̂ = φ⁻¹(sigmoid(μ)), the decoder's pixel mean, NOT clamped to [0, 1].
+
+    A loss on it must see the unclamped value: clamping first would zero the
+    gradient of every pixel pushed past 0 or 1. ``unmap_pixels`` clamps.
+    """
+    return (torch.sigmoid(mu) - eps) / (1 - 2 * eps)
 
 
 def logit_laplace_log_prob(x: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -471,19 +481,17 @@ class DVAE(nn.Module):
         z = gumbel_softmax(logits, tau, hard=cfg.hard, dim=1)  # (B, K, h, w), rows sum to 1
         stats = self.decoder(z)  # (B, 2C, H, W)
         mu, log_b = stats.chunk(2, dim=1)  # (B, C, H, W) each
+        x_mean = pixel_mean(mu, cfg.eps)  # (B, C, H, W), not clamped yet
         if cfg.likelihood == "logit_laplace":
             log_b = log_b.clamp(min=cfg.min_log_b)
             recon = -logit_laplace_log_prob(x, mu, log_b).mean()  # mean over B, C, H, W
-        x_mean = (torch.sigmoid(mu) - cfg.eps) / (1 - 2 * cfg.eps)  # φ⁻¹(sigmoid(μ)), not clamped yet
-        if cfg.likelihood == "mse":  # (clamping first would zero the gradient of every saturated pixel)
-            recon = F.mse_loss(x_mean, images)
-        if cfg.likelihood == "l1":
-            recon = F.l1_loss(x_mean, images)
+        else:  # "mse" or "l1" on the unclamped means
+            recon = PIXEL_ERRORS[cfg.likelihood](x_mean, images)
         x_rec = x_mean.clamp(0, 1)  # (B, C, H, W) in [0, 1]
         kl = kl_to_uniform(logits).mean() / (cfg.channels * cfg.image_size**2)  # Σ_cells KL / (H·W·C), batch mean
         loss = recon + kl_weight * kl
         extras = {}
-        if cfg.likelihood in ("mse", "l1"):  # a pixel error has no gradient once the sigmoid saturates:
+        if cfg.likelihood in PIXEL_ERRORS:  # a pixel error has no gradient once the sigmoid saturates:
             # push μ back inside the map's range [logit ε, logit 1-ε] (see saturation_penalty)
             extras["saturation"] = saturation_penalty(mu, cfg.eps)
             loss = loss + extras["saturation"]

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints, distributed, shapes, train_common
-from .dvae import MODEL_TYPE, DVAE, DVAEConfig, kl_weight_at, lr_at, restart_dead_codes, tau_at
+from .dvae import (MODEL_TYPE, PIXEL_ERRORS, DVAE, DVAEConfig, kl_weight_at, lr_at, pixel_mean, restart_dead_codes,
+                   tau_at)
 from .dvae import load as load_dvae
 from .images import image_grid, save_png, to_float_images
 
@@ -188,7 +189,7 @@ def train_dvae(
 # stage 2: the decoder, on the hard codes it will be given
 # ---------------------------------------------------------------------------
 
-PIXEL_LOSSES = ("l1", "mse")
+PIXEL_LOSSES = tuple(sorted(PIXEL_ERRORS))  # ("l1", "mse")
 
 
 def finetune_decoder(
@@ -255,10 +256,8 @@ def finetune_decoder(
         z = F.embedding(codes[idx].to(device), table_of[:, :, 0, 0].t()).permute(0, 3, 1, 2)  # (B, D, h, w)
         with run.autocast:
             mu = model.decoder.decode_embedded(z)[:, :config.channels]  # (B, C, H, W), fp32
-        # the decoder's mean image as ``decode`` gives it, before the clamp to [0, 1] (which would stop the
-        # gradient of every pixel pushed past it)
-        x_hat = (torch.sigmoid(mu) - config.eps) / (1 - 2 * config.eps)
-        error = (x_hat - x).abs().mean() if loss == "l1" else F.mse_loss(x_hat, x)
+        # the decoder's mean image as ``decode`` gives it, before the clamp to [0, 1]
+        error = PIXEL_ERRORS[loss](pixel_mean(mu, config.eps), x)
         train_common.check_finite(error, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         error.backward()

@@ -32,6 +32,7 @@ from .dvae import (
     lr_at,
     map_pixels,
     most_colourful_code,
+    pixel_mean,
     tau_at,
 )
 from .images import to_uint8_images
@@ -133,7 +134,7 @@ def plot_pixel_losses(pixel: float = 1.0, eps: float = 0.1, log_bs=(-2.0, -1.0, 
     Returns ``(fig, axes)``.
     """
     mu = torch.linspace(-6, 6, 6001)  # (M,) predictions in logit space
-    x_hat = (torch.sigmoid(mu) - eps) / (1 - 2 * eps)  # the predicted pixel, before clamping
+    x_hat = pixel_mean(mu, eps)  # the predicted pixel, before clamping
     target = map_pixels(torch.tensor(float(pixel)), eps)
     colors = ["#1d4ed8", "#7c3aed", "#db2777", "#ea580c"]
     nlls = [-logit_laplace_log_prob(target.expand_as(mu), mu, torch.full_like(mu, log_b)) for log_b in log_bs]
