@@ -273,7 +273,8 @@ def config_problems(config_cls: type, values: dict[str, Any]) -> list[str]:
             ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
             ok = ok and math.isfinite(value)
         elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "text"
+            legacy_bool = "bool" in str(fields[name].type) and isinstance(value, bool)  # e.g. DVAEConfig.logits_norm
+            ok, kind = isinstance(value, str) or legacy_bool, "text"
         else:
             continue  # tuples, lists and the like: the config checks them itself
         if not ok:

@@ -31,8 +31,8 @@ Two losses are not a mean over examples and get help here:
 ``all_gather`` let the dVAE's dead-code restarts see every rank's codes.
 
 Does not handle: model parallelism, uneven last batches (B must be a multiple
-of N), synchronised BatchNorm (the dVAE's one BatchNorm normalises each rank's
-shard on its own, as plain DDP does), or restoring each GPU's own random
+of N), synchronised batch statistics (the dVAE's logits head centres each rank's
+shard on its own, as a plain DDP BatchNorm does), or restoring each GPU's own random
 generator on resume (ranks restore rank 0's; CPU runs resume exactly).
 """
 

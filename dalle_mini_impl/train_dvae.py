@@ -179,7 +179,7 @@ def train_dvae(
             save_samples(done)
     if run.main and last > 0 and not run.state_path.exists():
         save(last)
-    distributed.broadcast_buffers(model)  # the BatchNorm statistics rank 0 saved, on every rank
+    distributed.broadcast_buffers(model)  # the running mean of the logits head rank 0 saved, on every rank
     distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
@@ -247,7 +247,7 @@ def finetune_decoder(
 
     last = min(until, steps) if until is not None else steps
     bar = run.progress(range(step, last), step, steps, desc="decoder")
-    model.encoder.eval()  # frozen: its BatchNorm keeps its statistics
+    model.encoder.eval()  # frozen: its logits head keeps its running mean
     model.decoder.train()
     for step in bar:
         train_common.set_lr(optimizer, train_common.lr_at(step, steps, lr, warmup_frac=0.02, end_frac=0.05))

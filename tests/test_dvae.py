@@ -216,6 +216,44 @@ def test_grid_and_codebook_are_configurable():
     assert DVAEConfig.preset("gpu").enc_width > DVAEConfig.preset("cpu").enc_width
 
 
+def test_centre_subtracts_the_batch_mean_and_encodes_with_the_running_mean():
+    from dalle_mini_impl.dvae import Centre
+
+    centre = Centre(2, momentum=0.5)
+    x = torch.tensor([1.0, 3.0])[None, :, None, None] + torch.randn(4, 2, 3, 3) * 0.1
+    out = centre(x)  # training mode: the batch's own mean
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-6)
+    for _ in range(30):
+        centre(x)
+    centre.eval()  # the running mean has converged to the batch's: eval gives the same numbers
+    assert torch.allclose(centre(x), out, atol=1e-5)
+
+
+def test_encode_in_eval_mode_picks_the_codes_training_picks():
+    # encode runs in eval mode, centring with the running mean: once that has converged to the
+    # training batches' mean, the argmax codes are the ones the training pass picked.
+    torch.manual_seed(0)
+    model = DVAE(DVAEConfig(**TINY, logit_init_scale=1.0))
+    x = to_float_images(shapes.render_batch(shapes.make_scenes("train", 16, 0)))
+    xm = map_pixels(x)
+    model.train()
+    with torch.no_grad():
+        for _ in range(200):  # the running mean converges to this batch's
+            train_logits = model.encoder(xm)
+    assert (model.encode(x) == train_logits.argmax(1)).float().mean() == 1.0
+
+
+def test_logits_norm_reads_older_configs():
+    assert DVAEConfig(logits_norm=True).logits_norm == "batch"
+    assert DVAEConfig(logits_norm=False).logits_norm == "none"
+    assert checkpoints.config_problems(DVAEConfig, {"logits_norm": True}) == []
+    with pytest.raises(ValueError, match="centre, batch, none"):
+        DVAEConfig(logits_norm="layer")
+    for norm in ("centre", "batch", "none"):
+        model = DVAE(DVAEConfig(**TINY, logits_norm=norm))
+        assert model.encode(torch.rand(2, 3, 64, 64)).shape == (2, 8, 8)
+
+
 def test_logits_start_small():
     torch.manual_seed(0)
     logits = DVAE(DVAEConfig()).encoder(map_pixels(torch.rand(2, 3, 64, 64)))
