@@ -42,7 +42,7 @@ paper (each place says why):
 Where this file departs from the paper, because a run here lasts an hour on a
 CPU instead of 3M steps on GPUs (the first two are config fields, so the
 paper's choice is one setting away):
-  * the features are centred before the logits conv (``logits_norm``):
+  * the features are standardised (or centred) before the logits conv (``logits_norm``):
     without it, every cell's logits share one large component (positive
     ReLU features, mostly-white images) that Adam at a high learning rate
     grows until all cells pick the same few codes;
@@ -114,17 +114,18 @@ class DVAEConfig:
     #                               decoder learns from nearly one-hot inputs, which is what
     #                               argmax decoding feeds it (the paper: 150k of 3M steps)
     hard: bool = False  # straight-through gumbel-softmax instead of the paper's soft relaxation
-    logits_norm: str | bool = "centre"  # what happens to the features before the logits conv, not in the paper:
+    logits_norm: str | bool = "batch"  # what happens to the features before the logits conv, not in the paper:
     #                              ReLU features are positive and most cells are white background, so every
     #                              cell's logits share one big component; Adam grows it and all cells fall
     #                              onto a handful of codes within ~100 steps. "centre" subtracts each
     #                              feature's mean over the batch and the grid (a running mean at encode
     #                              time); "batch" also divides by the standard deviation (a BatchNorm
-    #                              without affine: the earlier models); "none": the paper's head.
+    #                              without affine: the shipped model's); "none": the paper's head.
     #                              "batch" misreads argmax codes: a feature almost always 0 has a tiny
     #                              variance, and the running variance it is divided by at encode time is
     #                              not the batch's (measured: 52% of a 16x16 model's codes changed, 78% of
-    #                              round trips graded correct with batch statistics, 24% with running ones)
+    #                              round trips graded correct with batch statistics, 24% with running ones;
+    #                              data/dvae/README.md compares the two in training)
     diversity_weight: float = 0.0  # weight of KL(batch-average q ‖ uniform), not in the paper (0 = off):
     #                                  pushes the encoder to spread cells over many codes (the cpu preset:
     #                                  0.1: in the same 3500-step run, 285 codes in use instead of 79 and

@@ -233,7 +233,7 @@ def test_encode_in_eval_mode_picks_the_codes_training_picks():
     # encode runs in eval mode, centring with the running mean: once that has converged to the
     # training batches' mean, the argmax codes are the ones the training pass picked.
     torch.manual_seed(0)
-    model = DVAE(DVAEConfig(**TINY, logit_init_scale=1.0))
+    model = DVAE(DVAEConfig(**TINY, logit_init_scale=1.0, logits_norm="centre"))
     x = to_float_images(shapes.render_batch(shapes.make_scenes("train", 16, 0)))
     xm = map_pixels(x)
     model.train()
