@@ -121,11 +121,12 @@ class DVAEConfig:
     #                              feature's mean over the batch and the grid (a running mean at encode
     #                              time); "batch" also divides by the standard deviation (a BatchNorm
     #                              without affine: the shipped model's); "none": the paper's head.
-    #                              "batch" misreads argmax codes: a feature almost always 0 has a tiny
-    #                              variance, and the running variance it is divided by at encode time is
-    #                              not the batch's (measured: 52% of a 16x16 model's codes changed, 78% of
-    #                              round trips graded correct with batch statistics, 24% with running ones;
-    #                              data/dvae/README.md compares the two in training)
+    #                              "batch" can misread argmax codes while the features still move fast:
+    #                              its running variance lags the batch's, and a feature almost always 0
+    #                              has a tiny one (measured at one checkpoint of a 16x16 run: 52% of the
+    #                              codes changed, 78% of round trips graded correct with the batch's
+    #                              statistics, 24% with the running ones; 200 steps later both agreed).
+    #                              data/dvae/README.md compares the two in training.
     diversity_weight: float = 0.0  # weight of KL(batch-average q ‖ uniform), not in the paper (0 = off):
     #                                  pushes the encoder to spread cells over many codes (the cpu preset:
     #                                  0.1: in the same 3500-step run, 285 codes in use instead of 79 and
