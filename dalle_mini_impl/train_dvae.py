@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints, distributed, shapes, train_common
-from .dvae import (MODEL_TYPE, PIXEL_ERRORS, DVAE, DVAEConfig, kl_weight_at, lr_at, pixel_mean, restart_dead_codes,
+from .dvae import (MODEL_TYPE, PIXEL_ERRORS, DVAE, DVAEConfig, kl_weight_at, lr_at, pixel_error, pixel_mean, restart_dead_codes,
                    tau_at)
 from .dvae import load as load_dvae
 from .images import image_grid, save_png, to_float_images
@@ -179,7 +179,7 @@ def train_dvae(
             save_samples(done)
     if run.main and last > 0 and not run.state_path.exists():
         save(last)
-    distributed.broadcast_buffers(model)  # the running mean of the logits head rank 0 saved, on every rank
+    distributed.broadcast_buffers(model)  # the logits head's running statistics rank 0 saved, on every rank
     distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
     log(f"trained to step {last}/{steps} in {time.time() - t0:.0f} s -> {out_dir}")
     return model.eval()
@@ -247,7 +247,7 @@ def finetune_decoder(
 
     last = min(until, steps) if until is not None else steps
     bar = run.progress(range(step, last), step, steps, desc="decoder")
-    model.encoder.eval()  # frozen: its logits head keeps its running mean
+    model.encoder.eval()  # frozen: its logits head keeps its running statistics
     model.decoder.train()
     for step in bar:
         train_common.set_lr(optimizer, train_common.lr_at(step, steps, lr, warmup_frac=0.02, end_frac=0.05))
@@ -257,7 +257,7 @@ def finetune_decoder(
         with run.autocast:
             mu = model.decoder.decode_embedded(z)[:, :config.channels]  # (B, C, H, W), fp32
         # the decoder's mean image as ``decode`` gives it, before the clamp to [0, 1]
-        error = PIXEL_ERRORS[loss](pixel_mean(mu, config.eps), x)
+        error = pixel_error(pixel_mean(mu, config.eps), x, loss, config.edge_weight)
         train_common.check_finite(error, step, run.state_path)
         optimizer.zero_grad(set_to_none=True)
         error.backward()

@@ -317,6 +317,30 @@ def test_pixel_error_likelihood_options(likelihood, error):
     assert torch.equal(out.x_rec, x_mean.clamp(0, 1))
 
 
+def test_edge_map_marks_the_pixels_around_a_colour_change():
+    from dalle_mini_impl.dvae import edge_map
+
+    x = torch.ones(1, 3, 8, 8)
+    x[0, :, 3, 4] = torch.tensor([220, 38, 38]) / 255  # one red pixel
+    edges = edge_map(x)
+    assert edges.shape == (1, 1, 8, 8) and edges.sum() == 9 and edges[0, 0, 2:5, 3:6].sum() == 9
+    assert edge_map(torch.ones(1, 3, 8, 8)).sum() == 0
+
+
+def test_edge_weight_counts_errors_on_edges_more():
+    from dalle_mini_impl.dvae import pixel_error
+
+    x = torch.ones(1, 3, 16, 16)
+    x[0, :, 4:12, 4:12] = 0.2  # a grey square: its outline (2 px wide) is the edge
+    on_edge, inside = x.clone(), x.clone()
+    on_edge[0, :, 4, 8] += 0.1  # the same error on one edge pixel ...
+    inside[0, :, 8, 8] += 0.1  # ... and on one pixel inside the square
+    assert pixel_error(on_edge, x) == pytest.approx(pixel_error(inside, x).item())
+    assert pixel_error(on_edge, x, edge_weight=10.0) > 5 * pixel_error(inside, x, edge_weight=10.0)
+    flat = torch.full((1, 3, 16, 16), 0.5)  # no edge: the weight changes nothing
+    assert pixel_error(flat + 0.1, flat, "l1", edge_weight=10.0) == pytest.approx(0.1)
+
+
 def test_unknown_likelihood_is_refused():
     with pytest.raises(ValueError, match="likelihood must be one of logit_laplace, mse, l1"):
         DVAEConfig(likelihood="bce")
