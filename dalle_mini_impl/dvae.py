@@ -643,6 +643,52 @@ def restart_dead_codes(
     return len(dead_ids)
 
 
+@torch.no_grad()
+def calibrate_logits_norm(model: DVAE, images: torch.Tensor, batch_size: int = 128) -> float:
+    """Set the logits head's running statistics to their exact values over ``images``; return the mean's largest change.
+
+    In training, ``Centre`` and the BatchNorm subtract the batch's own mean; in
+    eval mode (``encode``) a running mean, an average of recent batches taken
+    while the weights kept moving. Argmax codes are sensitive to it: measured
+    at one checkpoint of a 16×16 run at full learning rate, a running mean off
+    by about 1% of its norm changed 27% of the codes, and the round trips
+    graded 11% in eval mode against 93% with the batch's statistics. Here the
+    encoder reads ``images`` (B, C, H, W) in [0, 1] with the current weights,
+    and the running mean (and the BatchNorm's running variance) become those
+    of every cell of every image. Training mode never reads them, so calling
+    this between steps leaves the training itself unchanged. 0.0 for "none".
+    """
+    norm = model.encoder.to_logits[1]
+    if not isinstance(norm, (Centre, nn.BatchNorm2d)):
+        return 0.0
+    total = total_sq = None
+    count = 0
+
+    def collect(module, inputs):  # the features entering the norm, (B, N, h, w)
+        nonlocal total, total_sq, count
+        f = inputs[0].double()
+        total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
+        total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
+        count += f.numel() // f.size(1)
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hook = norm.register_forward_pre_hook(collect)
+    try:
+        for i in range(0, len(images), batch_size):
+            model.encoder(map_pixels(images[i:i + batch_size].to(device).float(), model.config.eps))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    mean = (total / count).float()
+    change = (mean - norm.running_mean.float()).abs().max().item()
+    norm.running_mean.copy_(mean)
+    if isinstance(norm, nn.BatchNorm2d):  # stored unbiased, as a BatchNorm stores it
+        norm.running_var.copy_(((total_sq / count - (total / count) ** 2) * count / max(count - 1, 1)).float())
+    return change
+
+
 # ---------------------------------------------------------------------------
 # codebook health
 # ---------------------------------------------------------------------------

@@ -10,6 +10,9 @@ backward, step — in the shape every loop of the course shares
   + rename), holding the model, the optimizer, the step and the random
   generators; ``resume=True`` continues a killed run from it, and gives the
   same weights as a run that was never interrupted;
+* at each save, the logits head's running mean is recomputed from 512
+  training images with the weights being saved (``calibrate_logits_norm``):
+  an average of past batches lags the weights and misreads argmax codes;
 * a NaN or infinite loss stops the run before the optimizer step, so the last
   checkpoint on disk stays the last good one;
 * progress with tqdm, and a PNG of originals above their argmax
@@ -43,14 +46,16 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints, distributed, shapes, train_common
-from .dvae import (MODEL_TYPE, PIXEL_ERRORS, DVAE, DVAEConfig, kl_weight_at, lr_at, pixel_error, pixel_mean, restart_dead_codes,
-                   tau_at)
+from .dvae import (MODEL_TYPE, PIXEL_ERRORS, DVAE, DVAEConfig, calibrate_logits_norm, kl_weight_at, lr_at, pixel_error,
+                   pixel_mean, restart_dead_codes, tau_at)
 from .dvae import load as load_dvae
 from .images import image_grid, save_png, to_float_images
 
 # ---------------------------------------------------------------------------
 # data and optimizer
 # ---------------------------------------------------------------------------
+
+CALIBRATION_IMAGES = 512  # training images whose features set the logits head's running mean at each save
 
 
 def training_images(n: int, seed: int, source: str = shapes.IMAGES_ALL) -> np.ndarray:
@@ -127,11 +132,15 @@ def train_dvae(
     run_info["precision"] = run.precision
     forward = run.compile(distributed.wrap(model))  # DDP around the model under torchrun, the model otherwise
 
+    calibration = to_float_images(data[:CALIBRATION_IMAGES])  # (n, C, H, W): for the logits head's running mean
+
     def save(at_step: int) -> None:
+        calibrate_logits_norm(model, calibration)  # eval-mode codes as the current weights give them
         checkpoints.save_training_state(run.state_path, model, optimizer, at_step, config, extra=run_info)
         checkpoints.save_model(model, config, out_dir, MODEL_TYPE)
 
     def save_samples(at_step: int) -> None:
+        calibrate_logits_norm(model, calibration)
         model.eval()
         x = holdout.to(device)
         save_png(image_grid([x.cpu(), model.reconstruct(x).float().cpu()]), out_dir / "samples" / f"step_{at_step:06d}.png")

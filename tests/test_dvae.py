@@ -11,6 +11,7 @@ from dalle_mini_impl import DATA_DIR, checkpoints, grader, shapes
 from dalle_mini_impl.dvae import (
     DVAE,
     DVAEConfig,
+    calibrate_logits_norm,
     code_histogram,
     code_locations,
     codebook_perplexity,
@@ -229,18 +230,24 @@ def test_centre_subtracts_the_batch_mean_and_encodes_with_the_running_mean():
     assert torch.allclose(centre(x), out, atol=1e-5)
 
 
-def test_encode_in_eval_mode_picks_the_codes_training_picks():
-    # encode runs in eval mode, centring with the running mean: once that has converged to the
-    # training batches' mean, the argmax codes are the ones the training pass picked.
+@pytest.mark.parametrize("norm", ["centre", "batch"])
+def test_calibrated_eval_mode_picks_the_codes_training_picks(norm):
+    # encode runs in eval mode, with the logits head's running statistics; a training pass uses the
+    # batch's own. Calibrated on the same images, the two read the same codes.
     torch.manual_seed(0)
-    model = DVAE(DVAEConfig(**TINY, logit_init_scale=1.0, logits_norm="centre"))
+    model = DVAE(DVAEConfig(**TINY, logit_init_scale=1.0, logits_norm=norm))
     x = to_float_images(shapes.render_batch(shapes.make_scenes("train", 16, 0)))
-    xm = map_pixels(x)
     model.train()
     with torch.no_grad():
-        for _ in range(200):  # the running mean converges to this batch's
-            train_logits = model.encoder(xm)
-    assert (model.encode(x) == train_logits.argmax(1)).float().mean() == 1.0
+        train_codes = model.encoder(map_pixels(x)).argmax(1)  # (B, h, w), with the batch's statistics
+    model.eval()
+    assert (model.encode(x) != train_codes).float().mean() > 0.5  # the running statistics after one batch
+    assert calibrate_logits_norm(model, x, batch_size=5) > 0.1  # in batches: the statistics of all 16 at once
+    assert not model.training  # the mode it was in
+    agree = (model.encode(x) == train_codes).float().mean()
+    assert agree == 1.0 if norm == "centre" else agree > 0.99  # a BatchNorm stores the unbiased variance
+    assert calibrate_logits_norm(model, x) < 1e-5  # already exact
+    assert calibrate_logits_norm(DVAE(DVAEConfig(**TINY, logits_norm="none")), x) == 0.0
 
 
 def test_logits_norm_reads_older_configs():

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from dalle_mini_impl import checkpoints, shapes
-from dalle_mini_impl.dvae import DVAE, DVAEConfig
+from dalle_mini_impl.dvae import DVAE, DVAEConfig, calibrate_logits_norm
 from dalle_mini_impl.dvae import load as load_dvae
 from dalle_mini_impl.images import to_float_images
 from dalle_mini_impl.train_common import TrainingDiverged
-from dalle_mini_impl.train_dvae import make_optimizer, train_dvae, training_images
+from dalle_mini_impl.train_dvae import CALIBRATION_IMAGES, make_optimizer, train_dvae, training_images
 
 OVERFIT_RATIO = 0.7
 TINY = {"enc_width": 8, "dec_width": 8, "codebook_dim": 16, "vocab_size": 32}  # a model that runs in milliseconds
@@ -63,6 +63,17 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     resumed = _tiny_run(tmp_path / "b", resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_saved_models_encode_with_the_exact_mean_of_their_own_features(tmp_path):
+    # each save recomputes the logits head's running mean from the first training images, with the
+    # weights saved: a lagging average of past batches would misread the argmax codes
+    images = training_images(40, seed=0, source="train")
+    cfg = DVAEConfig(**TINY, logits_norm="centre")
+    train_dvae(cfg, steps=5, batch_size=4, seed=1, out_dir=tmp_path, images=images, precision="fp32",
+               progress=False, checkpoint_every=5, sample_every=1000, threads=1, log=lambda s: None)
+    model = load_dvae(tmp_path)
+    assert calibrate_logits_norm(model, to_float_images(images[:CALIBRATION_IMAGES])) < 1e-5
 
 
 def test_a_second_run_in_the_same_folder_needs_resume(tmp_path):
