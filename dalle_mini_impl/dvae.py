@@ -661,19 +661,20 @@ def calibrate_logits_norm(model: DVAE, images: torch.Tensor, batch_size: int = 1
     norm = model.encoder.to_logits[1]
     if not isinstance(norm, (Centre, nn.BatchNorm2d)):
         return 0.0
-    total = total_sq = None
+    device = next(model.parameters()).device
+    total = torch.zeros_like(norm.running_mean, dtype=torch.float64)  # (N,): Σ of each feature over all cells
+    total_sq = torch.zeros_like(total)
     count = 0
 
     def collect(module, inputs):  # the features entering the norm, (B, N, h, w)
-        nonlocal total, total_sq, count
+        nonlocal count
         f = inputs[0].double()
-        total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
-        total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
+        total.add_(f.sum(dim=(0, 2, 3)))
+        total_sq.add_((f * f).sum(dim=(0, 2, 3)))
         count += f.numel() // f.size(1)
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     hook = norm.register_forward_pre_hook(collect)
     try:
         for i in range(0, len(images), batch_size):
@@ -681,11 +682,11 @@ def calibrate_logits_norm(model: DVAE, images: torch.Tensor, batch_size: int = 1
     finally:
         hook.remove()
         model.train(was_training)
-    mean = (total / count).float()
-    change = (mean - norm.running_mean.float()).abs().max().item()
+    mean = total / count
+    change = (mean - norm.running_mean).abs().max().item()
     norm.running_mean.copy_(mean)
     if isinstance(norm, nn.BatchNorm2d):  # stored unbiased, as a BatchNorm stores it
-        norm.running_var.copy_(((total_sq / count - (total / count) ** 2) * count / max(count - 1, 1)).float())
+        norm.running_var.copy_((total_sq / count - mean**2) * count / max(count - 1, 1))
     return change
 
 

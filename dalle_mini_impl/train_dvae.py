@@ -135,12 +135,10 @@ def train_dvae(
     calibration = to_float_images(data[:CALIBRATION_IMAGES])  # (n, C, H, W): for the logits head's running mean
 
     def save(at_step: int) -> None:
-        calibrate_logits_norm(model, calibration)  # eval-mode codes as the current weights give them
         checkpoints.save_training_state(run.state_path, model, optimizer, at_step, config, extra=run_info)
         checkpoints.save_model(model, config, out_dir, MODEL_TYPE)
 
     def save_samples(at_step: int) -> None:
-        calibrate_logits_norm(model, calibration)
         model.eval()
         x = holdout.to(device)
         save_png(image_grid([x.cpu(), model.reconstruct(x).float().cpu()]), out_dir / "samples" / f"step_{at_step:06d}.png")
@@ -182,11 +180,16 @@ def train_dvae(
         if run.show_progress:
             bar.set_postfix(loss=f"{out.loss.item():.3f}", rec=f"{out.recon.item():.3f}", kl=f"{out.kl.item():.4f}",
                             tau=f"{tau:.3f}", beta=f"{beta:.2f}", **({"restarts": restarts} if config.restart_every else {}), refresh=False)
-        if run.main and (done % checkpoint_every == 0 or done == last):
+        saving = run.main and (done % checkpoint_every == 0 or done == last)
+        sampling = run.main and (done % sample_every == 0 or done == steps)
+        if saving or sampling:
+            calibrate_logits_norm(model, calibration)  # eval-mode codes as these weights give them
+        if saving:
             save(done)
-        if run.main and (done % sample_every == 0 or done == steps):
+        if sampling:
             save_samples(done)
     if run.main and last > 0 and not run.state_path.exists():
+        calibrate_logits_norm(model, calibration)
         save(last)
     distributed.broadcast_buffers(model)  # the logits head's running statistics rank 0 saved, on every rank
     distributed.barrier()  # the other ranks wait for rank 0's last save (a next stage may read it)
